@@ -1,0 +1,30 @@
+"""xlm_jax: pretraining cross-lingual encoder language models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="xlm_jax",
+    version="0.1.0",
+    description="Pretrain and evaluate XLM-R-style cross-lingual encoders in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["xlm_jax", "xlm_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow-cpu>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        "importlib_resources>=6.0",
+        "sentencepiece>=0.2.0",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+    },
+)

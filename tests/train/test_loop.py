@@ -1,0 +1,160 @@
+"""The training loop end to end: exact resume after a kill, SIGTERM, multi-process, errors.
+
+These run `python -m xlm_jax.main` in subprocesses, as a user or a cluster does, on a
+tiny model and a corpus of real text from ../shared/data.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+LANGUAGES = ("en", "el", "sw", "ja")
+
+TINY = [
+    "--config.model.num_layers=2", "--config.model.hidden_size=32", "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64", "--config.model.vocab_size=402", "--config.model.max_len=64",
+    "--config.data.seq_len=32", "--config.data.tokenizer_sentences=4000",
+    "--config.data.eval_sentences_per_language=20", "--config.data.eval_batches=1",
+    "--config.train.batch_size=8", "--config.train.num_steps=8", "--config.train.warmup_steps=2",
+    "--config.train.log_every=1", "--config.train.eval_every=4", "--config.checkpoint.every_steps=3",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(shared_data, tmp_path_factory) -> pathlib.Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    for lang in LANGUAGES:
+        lines = (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+        (directory / f"{lang}.txt").write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
+    return directory
+
+
+def command(workdir, corpus_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "xlm_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+            f"--config.data.corpus_dir={corpus_dir}", *TINY, *extra]
+
+
+def environment(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def run(workdir, corpus_dir, *extra, devices: int = 1) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(workdir, corpus_dir, *extra), cwd=REPO_ROOT, env=environment(devices),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def losses(workdir) -> dict[int, float]:
+    """Per-step training loss from metrics.jsonl; a re-run step keeps its last value."""
+    by_step = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            by_step[row["step"]] = row["loss"]
+    return by_step
+
+
+def wait_for(predicate, process, timeout=300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus_dir, tmp_path_factory) -> dict[int, float]:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    run(workdir, corpus_dir)
+    result = losses(workdir)
+    assert sorted(result) == list(range(1, 9))
+    assert result[8] < result[1]
+    return result
+
+
+def test_resume_after_kill_reproduces_uninterrupted_losses(corpus_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen(command(workdir, corpus_dir), cwd=REPO_ROOT, env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Kill hard once step 3's checkpoint is finalized and step 5 has run past it.
+    wait_for(lambda: (workdir / "checkpoints" / "3").is_dir() and (workdir / "metrics.jsonl").exists()
+             and max(losses(workdir), default=0) >= 5, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = run(workdir, corpus_dir)
+    assert "resumed from" in resumed.stdout and "/checkpoints/3" in resumed.stdout
+    assert losses(workdir) == uninterrupted  # bit-exact on CPU
+
+
+def test_sigterm_saves_exits_zero_and_resumes_exactly(corpus_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "preempted"
+    process = subprocess.Popen(command(workdir, corpus_dir), cwd=REPO_ROOT, env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= 4,
+             process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "SIGTERM: saved step" in output
+    saved = int(output.split("SIGTERM: saved step ")[1].split()[0])
+    assert 4 <= saved < 8 and (workdir / "checkpoints" / str(saved)).is_dir()
+    run(workdir, corpus_dir)
+    assert losses(workdir) == uninterrupted
+
+
+def test_two_processes_match_one_process(corpus_dir, tmp_path):
+    """Two processes on 127.0.0.1 (gloo), one CPU device each == one process with two devices."""
+    single = tmp_path / "single"
+    run(single, corpus_dir, "--config.mesh.rules=fsdp", devices=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    multi = tmp_path / "multi"
+    processes = [
+        subprocess.Popen(
+            command(multi, corpus_dir, "--config.mesh.rules=fsdp", f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", f"--process_id={i}"),
+            cwd=REPO_ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out
+    assert "in 2 process(es)" in outputs[0]
+    assert "loss" not in outputs[1]  # only process 0 logs
+    one, two = losses(single), losses(multi)
+    assert sorted(one) == sorted(two) == list(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tmp_path):
+    workdir = tmp_path / "nan"
+    result = subprocess.run(
+        command(workdir, corpus_dir, "--config.train.learning_rate=1e30", "--config.train.clip_norm=0.0"),
+        cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "non-finite loss or gradients at step" in result.stderr
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) \
+        if (workdir / "checkpoints").exists() else []
+    bad_step = int(result.stderr.split("at step ")[1].split()[0])
+    assert all(step < bad_step for step in saved)
+
+
+def test_bad_config_value_fails_fast_naming_the_field(corpus_dir, tmp_path):
+    result = subprocess.run(command(tmp_path / "bad", corpus_dir, "--config.model.dtype=bf16"),
+                            cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model.dtype" in result.stderr and "bfloat16" in result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -1,0 +1,154 @@
+"""The config schema: defaults for every field and one up-front validation.
+
+Recipes in configs/ start from `default_config()` and override what their paper
+says; `validate()` runs before anything is read or compiled, so a typo in
+`--config.model.dtype=bf16` fails in a second with the allowed values, not an
+hour later inside XLA.
+"""
+import ml_collections
+
+from xlm_jax.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+SCHEDULES = ("linear", "polynomial", "constant")
+RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
+MODES = ("train", "evaluate")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field xlm_jax reads, with defaults that run anywhere."""
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.num_layers = 2
+    m.hidden_size = 128
+    m.num_heads = 2
+    m.mlp_dim = 512
+    m.vocab_size = 8002          # incl. the 4 fairseq specials and <mask>
+    m.max_len = 512              # tokens; position table has max_len + pad_token_id + 1 rows
+    m.type_vocab_size = 1        # XLM-R: 1, BERT: 2
+    m.num_languages = 0          # > 0 adds XLM-style language embeddings (off for XLM-R)
+    m.position_offset = 2        # fairseq: positions start at pad_token_id + 1; BERT: 0
+    m.pad_token_id = 1
+    m.layer_norm_eps = 1e-5
+    m.dropout_rate = 0.1
+    m.attention_dropout_rate = 0.1
+    m.initializer_range = 0.02
+    m.dtype = "float32"          # compute dtype; params are always float32
+    m.remat = "none"
+
+    c.data = d = ml_collections.ConfigDict()
+    d.corpus_dir = ""            # "" = the built-in corpus of this machine's gettext catalogs
+    d.alpha = 0.3                # temperature sampling exponent (XLM-R)
+    d.seq_len = 128
+    d.mask_prob = 0.15
+    d.mask_token_prob = 0.8      # of the chosen tokens: 80% <mask>,
+    d.random_token_prob = 0.1    # 10% a random token, the rest unchanged
+    d.min_languages = 2
+    d.max_sentences_per_language = 0   # 0 = no cap
+    d.eval_sentences_per_language = 200
+    d.eval_batches = 2
+    d.eval_languages = ""        # comma-separated languages to evaluate; "" = every one with held-out text
+    d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
+    d.character_coverage = 0.9995
+    d.byte_fallback = True
+
+    c.train = t = ml_collections.ConfigDict()
+    t.num_steps = 1000
+    t.batch_size = 32
+    t.grad_accum_steps = 1
+    t.learning_rate = 5e-4
+    t.end_learning_rate = 0.0
+    t.warmup_steps = 100
+    t.schedule = "linear"
+    t.power = 1.0                # polynomial decay exponent (fairseq: 1.0 = linear)
+    t.b1 = 0.9
+    t.b2 = 0.98
+    t.eps = 1e-6
+    t.weight_decay = 0.01
+    t.clip_norm = 1.0            # 0 = no clipping
+    t.skip_nonfinite = False
+    t.seed = 0
+    t.log_every = 50
+    t.eval_every = 500
+
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every_steps = 500
+    k.keep = 3
+    k.async_save = True
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.data = -1
+    ms.fsdp = 1
+    ms.tensor = 1
+    ms.rules = "fsdp"
+    return c
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field `{field}`: {message}")
+
+
+def _one_of(config, field: str, allowed) -> None:
+    section, name = field.split(".")
+    value = config[section][name]
+    _require(value in allowed, field, f"got {value!r}; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _positive(config, field: str, allow_zero: bool = False) -> None:
+    section, name = field.split(".")
+    value = config[section][name]
+    bound_ok = value >= 0 if allow_zero else value > 0
+    _require(isinstance(value, (int, float)) and bound_ok, field,
+             f"got {value!r}; must be a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field a run depends on; raises ConfigError naming the first bad one."""
+    expected = default_config()
+    for section in expected:
+        _require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
+        for name in expected[section]:
+            _require(name in config[section], f"{section}.{name}", "field is missing")
+
+    m, d, t = config.model, config.data, config.train
+    _one_of(config, "model.dtype", DTYPES)
+    _one_of(config, "model.remat", REMAT_POLICIES)
+    _one_of(config, "train.schedule", SCHEDULES)
+    _one_of(config, "mesh.rules", RULE_PRESETS)
+    for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
+                  "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
+                  "train.num_steps", "train.batch_size", "train.grad_accum_steps",
+                  "train.log_every", "train.eval_every", "checkpoint.every_steps", "checkpoint.keep",
+                  "data.tokenizer_sentences", "data.min_languages", "data.eval_batches"):
+        _positive(config, field)
+    for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",
+                  "model.num_languages", "data.max_sentences_per_language",
+                  "data.eval_sentences_per_language", "model.dropout_rate",
+                  "model.attention_dropout_rate", "data.alpha"):
+        _positive(config, field, allow_zero=True)
+
+    _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
+             f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
+    _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
+    _require(d.seq_len <= m.max_len, "data.seq_len",
+             f"got {d.seq_len}, longer than model.max_len={m.max_len}")
+    _require(0 < d.mask_prob < 1, "data.mask_prob", f"got {d.mask_prob}; must be in (0, 1)")
+    _require(0 <= d.mask_token_prob and 0 <= d.random_token_prob
+             and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
+             "mask_token_prob + random_token_prob must lie in [0, 1]")
+    _require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
+    _require(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b2", "Adam betas must be in [0, 1)")
+    _require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+             f"batch_size {t.batch_size} is not divisible by grad_accum_steps {t.grad_accum_steps}")
+    _require(t.warmup_steps <= t.num_steps, "train.warmup_steps",
+             f"got {t.warmup_steps}, more than train.num_steps={t.num_steps}")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        _require(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
+                 f"got {size!r}; must be a positive int or -1 (all remaining devices)")
+    _require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh",
+             "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    return config

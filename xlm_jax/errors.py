@@ -1,0 +1,21 @@
+"""Errors a user can act on: each names the file, line or config field and the fix."""
+
+
+class XlmJaxError(Exception):
+    """Base class of every error xlm_jax raises on purpose."""
+
+
+class ConfigError(XlmJaxError):
+    """A config field is missing, has the wrong type, or an unsupported value."""
+
+
+class DataError(XlmJaxError):
+    """A corpus file or directory cannot be used as given."""
+
+
+class CheckpointError(XlmJaxError):
+    """A checkpoint is missing, damaged, or belongs to another model."""
+
+
+class TrainingError(XlmJaxError):
+    """Training cannot go on (non-finite loss or gradients)."""

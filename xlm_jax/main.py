@@ -1,0 +1,50 @@
+"""Command line: `python -m xlm_jax.main --config=configs/demo.py --workdir=DIR [--mode=...]`.
+
+Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
+tests) join with --coordinator_address/--num_processes/--process_id, or let jax
+detect the cluster (Cloud TPU pods, SLURM) with --distributed.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here; keep it quiet
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from xlm_jax.config import MODES
+from xlm_jax.errors import XlmJaxError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, tokenizer.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do with the run.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process' index.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Detect a TPU pod / SLURM / MPI cluster and join it.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
+    from xlm_jax.parallel.mesh import initialize_distributed
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           auto=_DISTRIBUTED.value)
+    try:
+        if _MODE.value == "train":
+            from xlm_jax.train.loop import train_and_evaluate
+            train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        elif _MODE.value == "evaluate":
+            from xlm_jax.train.loop import evaluate_checkpoint
+            evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    except XlmJaxError as error:
+        print(f"xlm_jax: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Pure flax.linen modules: the XLM-R encoder and its heads."""

@@ -1,0 +1,214 @@
+"""The XLM-R / BERT encoder, structurally identical to transformers' XLMRobertaModel.
+
+Embeddings (word + position + token type [+ XLM language]) -> LayerNorm -> dropout,
+then post-LN transformer blocks run under `nn.scan`, so compile time does not grow
+with depth and every per-layer weight carries a leading `layers` axis.
+Every parameter names its logical axes (see xlm_jax/parallel/rules.py).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block in the backward pass
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def dense_init(config):
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def param_with_axes(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def layer_norm(config, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
+        scale_init=param_with_axes(nn.initializers.ones, ("embed",)),
+        bias_init=param_with_axes(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def fairseq_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """XLM-R positions: real tokens count up from pad_token_id + 1, padding stays at pad_token_id."""
+    is_token = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(is_token, axis=1) * is_token + pad_token_id
+
+
+class Embeddings(nn.Module):
+    config: Any
+
+    def setup(self):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        self.word_embeddings = nn.Embed(
+            c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+            embedding_init=param_with_axes(dense_init(c), ("vocab", "embed")))
+        self.position_embeddings = nn.Embed(
+            c.max_len + c.position_offset, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+            embedding_init=param_with_axes(dense_init(c), (None, "embed")))
+        self.token_type_embeddings = nn.Embed(
+            c.type_vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+            embedding_init=param_with_axes(dense_init(c), (None, "embed")))
+        if c.num_languages:
+            self.language_embeddings = nn.Embed(
+                c.num_languages, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                embedding_init=param_with_axes(dense_init(c), (None, "embed")))
+        self.layer_norm = layer_norm(c, "LayerNorm")
+        self.dropout = nn.Dropout(c.dropout_rate)
+
+    def __call__(self, input_ids, token_type_ids=None, position_ids=None, language_ids=None,
+                 deterministic=True):
+        c = self.config
+        if position_ids is None:
+            if c.position_offset:
+                position_ids = fairseq_position_ids(input_ids, c.pad_token_id)
+            else:
+                position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        if c.num_languages:
+            if language_ids is None:
+                raise ValueError("this model has language embeddings (model.num_languages > 0): "
+                                 "pass language_ids")
+            x = x + self.language_embeddings(language_ids)
+        x = self.layer_norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    def attend(self, hidden):
+        """Logits against the (tied) word embeddings: the MLM decoder."""
+        return self.word_embeddings.attend(hidden)
+
+
+class HeadProjection(nn.Module):
+    """x [b, s, hidden] <-> per-head [b, s, heads, head_dim], with a bias on the output side.
+
+    `to_heads=True` is a query/key/value projection, False the attention output.
+    Kernels keep the head axes apart so tensor parallelism can split `heads`.
+    """
+    config: Any
+    to_heads: bool
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        heads, head_dim = c.num_heads, c.hidden_size // c.num_heads
+        init = dense_init(c)
+        if self.to_heads:
+            kernel_shape, kernel_axes = (c.hidden_size, heads, head_dim), ("embed", "heads", "kv")
+            bias_shape, bias_axes = (heads, head_dim), ("heads", "kv")
+            equation = "bsd,dhk->bshk"
+        else:
+            kernel_shape, kernel_axes = (heads, head_dim, c.hidden_size), ("heads", "kv", "embed")
+            bias_shape, bias_axes = (c.hidden_size,), ("embed",)
+            equation = "bshk,hkd->bsd"
+        kernel = self.param("kernel", param_with_axes(init, kernel_axes), kernel_shape, jnp.float32)
+        bias = self.param("bias", param_with_axes(nn.initializers.zeros, bias_axes), bias_shape,
+                          jnp.float32)
+        return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+class SelfAttention(nn.Module):
+    config: Any
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        head_dim = c.hidden_size // c.num_heads
+        axes = ("batch", "length", "heads", "kv")
+        query = nn.with_logical_constraint(HeadProjection(c, True, name="query")(x), axes)
+        key = nn.with_logical_constraint(HeadProjection(c, True, name="key")(x), axes)
+        value = nn.with_logical_constraint(HeadProjection(c, True, name="value")(x), axes)
+
+        query = query / jnp.sqrt(head_dim).astype(dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(dtype)
+        probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
+        context = nn.with_logical_constraint(jnp.einsum("bhqk,bkhd->bqhd", probs, value), axes)
+        return HeadProjection(c, False, name="output")(context)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+    config: Any
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        attended = SelfAttention(c, name="attention")(x, attention_bias, deterministic)
+        attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
+        x = layer_norm(c, "attention_LayerNorm")(x + attended)
+
+        h = nn.Dense(c.mlp_dim, dtype=dtype, param_dtype=jnp.float32,
+                     kernel_init=param_with_axes(dense_init(c), ("embed", "mlp")),
+                     bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
+                     name="intermediate")(x)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.gelu(h, approximate=False)
+        h = nn.Dense(c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                     kernel_init=param_with_axes(dense_init(c), ("mlp", "embed")),
+                     bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+                     name="output")(h)
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        x = layer_norm(c, "output_LayerNorm")(x + h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class ScannedLayer(nn.Module):
+    """EncoderLayer in the (carry, per-layer output) form `nn.scan` wants."""
+    config: Any
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic, keep_hidden):
+        x = EncoderLayer(self.config, name="layer")(x, attention_bias, deterministic)
+        return x, (x if keep_hidden else None)
+
+
+class Encoder(nn.Module):
+    """Token ids -> contextual hidden states [batch, length, hidden]."""
+    config: Any
+
+    def setup(self):
+        c = self.config
+        self.embeddings = Embeddings(c)
+        block = ScannedLayer
+        if c.remat != "none":
+            # static_argnums count `self` as 0: (x=1, bias=2, deterministic=3, keep_hidden=4).
+            block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=False,
+                             static_argnums=(3, 4))
+        self.layers = nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 language_ids=None, deterministic=True, output_hidden_states=False):
+        """Returns (last hidden state, all hidden states [layers + 1, ...] or None).
+
+        `attention_mask` (1 = token, 0 = padding) defaults to `input_ids != pad_token_id`.
+        Hidden state 0 is the embedding output, as in transformers.
+        """
+        c = self.config
+        if attention_mask is None:
+            attention_mask = input_ids != c.pad_token_id
+        attention_bias = jnp.where(attention_mask[:, None, None, :], 0.0,
+                                   jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, language_ids, deterministic)
+        x = x.astype(jnp.dtype(c.dtype))
+        last, per_layer = self.layers(x, attention_bias, deterministic, output_hidden_states)
+        if not output_hidden_states:
+            return last, None
+        return last, jnp.concatenate([x[None], per_layer], axis=0)

@@ -1,0 +1,1 @@
+"""Train state, optimizer, the jitted step, checkpoints and the training loop."""

@@ -1,0 +1,311 @@
+"""The training loop, top to bottom: data, state, steps, logs, evals, checkpoints.
+
+Side effects live here (and in main.py) only. Every process runs this same loop;
+only process 0 prints and writes summaries. A run is exactly resumable: the state,
+the data iterator position and all randomness derive from the checkpoint and the
+config seed, so a killed and resumed run reproduces an uninterrupted one.
+"""
+import contextlib
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from xlm_jax import config as config_lib
+from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
+from xlm_jax.models.heads import MaskedLM
+from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
+from xlm_jax.parallel.rules import logical_axis_rules
+from xlm_jax.train import metrics as metrics_lib
+from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, save_config
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import count_params, create_train_state, state_shardings
+from xlm_jax.train.step import make_eval_step, make_train_step
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+class PreemptionFlag:
+    """SIGTERM sets a flag; the loop finishes the step, saves and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every process as soon as any process was asked to stop."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+        return bool(np.asarray(flags).any())
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_batch_layout(config, mesh, rules) -> None:
+    t = config.train
+    per_micro = t.batch_size // t.grad_accum_steps
+    shards = batch_shards(mesh, rules)
+    if per_micro % shards:
+        raise ConfigError(
+            f"config field `train.batch_size`: {t.batch_size} / grad_accum_steps "
+            f"{t.grad_accum_steps} = {per_micro} examples per microbatch, not divisible by the "
+            f"{shards} batch shards of mesh {dict(mesh.shape)} (rules {config.mesh.rules!r})")
+    if t.batch_size % jax.process_count():
+        raise ConfigError(f"config field `train.batch_size`: {t.batch_size} is not divisible by "
+                          f"the {jax.process_count()} processes")
+
+
+def to_global(local_batch: dict, sharding) -> dict:
+    """This process' rows -> one global jax.Array per key, sharded over the mesh."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def prepare_data_once_per_workdir(config, workdir):
+    """Process 0 trains (or loads) the tokenizer first; the others then load it."""
+    if jax.process_index() == 0:
+        data = prepare_data(config, workdir, log=log)
+    multihost_utils.sync_global_devices("tokenizer ready")
+    if jax.process_index() != 0:
+        data = prepare_data(config, workdir, log=lambda _: None)
+    return data
+
+
+class MetricsLog:
+    """Per-step metrics stay on device until a log point, so steps are not serialized."""
+
+    def __init__(self, workdir: str, config, total_steps: int):
+        self.pending = []
+        self.history = []
+        self.total_steps = total_steps
+        self.tokens_per_step = config.train.batch_size * config.data.seq_len
+        self.flops_per_token = metrics_lib.flops_per_token(config.model, config.data.seq_len,
+                                                          config.data.mask_prob)
+        self.peak_flops, self.peak_source = metrics_lib.peak_flops()
+        self.skip_nonfinite = config.train.skip_nonfinite
+        is_main = jax.process_index() == 0
+        self.writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), is_main)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self.window_start = time.perf_counter()
+        self.window_steps = 0
+        self.excluded_seconds = 0.0
+
+    def add(self, step: int, metrics, timed: bool = True) -> None:
+        self.pending.append((step, metrics))
+        self.window_steps += int(timed)
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Time spent in here (compilation, evals, checkpoint saves) is not training throughput."""
+        start = time.perf_counter()
+        yield
+        self.excluded_seconds += time.perf_counter() - start
+
+    def flush(self) -> list[dict]:
+        """Fetches pending metrics; raises TrainingError at the first non-finite step."""
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        rows = []
+        for step, values in fetched:
+            row = {"step": step, **{k: float(v) for k, v in values.items()}}
+            if row["nonfinite"] and not self.skip_nonfinite:
+                raise TrainingError(
+                    f"non-finite loss or gradients at step {step} (loss={row['loss']}, "
+                    f"grad_norm={row['grad_norm']}); the update was not applied and no checkpoint "
+                    f"was written after it. Lower train.learning_rate, check the data, or set "
+                    f"--config.train.skip_nonfinite=True to skip such updates")
+            rows.append(row)
+        return rows
+
+    def log_window(self, step: int) -> None:
+        rows = self.flush()
+        if not rows:
+            return
+        elapsed = max(time.perf_counter() - self.window_start - self.excluded_seconds, 1e-9)
+        tokens_per_s = self.window_steps * self.tokens_per_step / elapsed
+        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        mean = lambda k: float(np.mean([r[k] for r in rows]))
+        last = rows[-1]
+        summary = {"loss": mean("loss"), "accuracy": mean("accuracy"),
+                   "learning_rate": last["learning_rate"], "grad_norm": mean("grad_norm"),
+                   "tokens_per_s": tokens_per_s, "mfu": mfu,
+                   "skipped_nonfinite": sum(r["nonfinite"] for r in rows)}
+        eta = (self.total_steps - step) * elapsed / max(self.window_steps, 1)
+        log(f"step {step}/{self.total_steps}  loss {summary['loss']:.4f}  "
+            f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
+            f"grad_norm {summary['grad_norm']:.3f}  {tokens_per_s:,.0f} tok/s  "
+            f"MFU {100 * mfu:.1f}%  ETA {metrics_lib.format_duration(eta)}"
+            + (f"  skipped {summary['skipped_nonfinite']:.0f} non-finite" if summary["skipped_nonfinite"] else ""))
+        self.writer.scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        if self.jsonl:
+            for row in rows:
+                self.jsonl.write(json.dumps(row) + "\n")
+            self.jsonl.flush()
+        self.history.extend(rows)
+        self.window_start, self.window_steps, self.excluded_seconds = time.perf_counter(), 0, 0.0
+
+    def log_eval(self, step: int, per_language: dict) -> None:
+        if not per_language:
+            return
+        parts = [f"{lang} {r['loss']:.3f}/{r['accuracy']:.2f}" for lang, r in per_language.items()]
+        total = {k: float(np.mean([r[k] for r in per_language.values()])) for k in ("loss", "accuracy")}
+        log(f"eval step {step}  mean loss {total['loss']:.4f}  acc {total['accuracy']:.3f}  "
+            f"(loss/acc per language: {', '.join(parts)})")
+        scalars = {f"eval/{lang}/{k}": v for lang, r in per_language.items() for k, v in r.items()}
+        scalars.update({f"eval/mean_{k}": v for k, v in total.items()})
+        self.writer.scalars(step, scalars)
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "eval": per_language}) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.jsonl:
+            self.jsonl.close()
+
+
+def eval_sets(data, config) -> dict[str, list[dict]]:
+    """This process' held-out batches per evaluated language, built once per run."""
+    wanted = [lang.strip() for lang in config.data.eval_languages.split(",") if lang.strip()]
+    unknown = sorted(set(wanted) - set(data.languages))
+    if unknown:
+        raise ConfigError(f"config field `data.eval_languages`: {', '.join(unknown)} not in the "
+                          f"corpus; languages: {', '.join(data.languages)}")
+    sets = {}
+    for index, language in enumerate(data.languages):
+        if wanted and language not in wanted:
+            continue
+        batches = eval_batches(data, config, index, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+        if batches:
+            sets[language] = batches
+    return sets
+
+
+def evaluate_languages(eval_step, params, sets: dict, sharding) -> dict:
+    """Held-out masked-LM loss and accuracy per language."""
+    results = {}
+    for language, batches in sets.items():
+        totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        for batch in batches:
+            terms = jax.device_get(eval_step(params, to_global(batch, sharding)))
+            totals = {k: totals[k] + float(terms[k]) for k in totals}
+        count = max(totals["count"], 1.0)
+        results[language] = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count}
+    return results
+
+
+class Run:
+    """Everything a run needs before its first step: mesh, data, model, sharded state."""
+
+    def __init__(self, config, workdir: str):
+        config_lib.validate(config)
+        os.makedirs(workdir, exist_ok=True)
+        self.config, self.workdir = config, workdir
+        self.mesh = make_mesh(config.mesh)
+        self.rules = logical_axis_rules(config.mesh.rules)
+        check_batch_layout(config, self.mesh, self.rules)
+        log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
+            f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
+            f"rules {config.mesh.rules!r}")
+        self.data = prepare_data_once_per_workdir(config, workdir)
+        self.model = MaskedLM(config.model)
+        self.optimizer = make_optimizer(config.train)
+        self.abstract_state, self.shardings = state_shardings(
+            self.model, self.optimizer, config, self.mesh, self.rules)
+        self.rows_sharding = batch_sharding(self.mesh, self.rules)
+        self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
+        self.eval_step = make_eval_step(self.model, self.mesh, self.rules, self.shardings.params,
+                                        self.rows_sharding)
+        self.eval_sets = eval_sets(self.data, config)
+
+    def restore_or_init(self):
+        if self.checkpoints.latest_step() is not None:
+            state, data_state = self.checkpoints.restore(
+                abstract_with_shardings(self.abstract_state, self.shardings))
+            log(f"resumed from {self.checkpoints.directory}/{int(state.step)} (data iterator at "
+                f"step {data_state['next_step']}, written by {data_state['process_count']} "
+                f"process(es))")
+            return state
+        state = create_train_state(self.model, self.optimizer, self.config, self.mesh, self.rules,
+                                   self.shardings)
+        log(f"initialized {count_params(state.params):,} parameters")
+        return state
+
+    def evaluate(self, params) -> dict:
+        return evaluate_languages(self.eval_step, params, self.eval_sets, self.rows_sharding)
+
+
+def train_and_evaluate(config, workdir: str) -> list[dict]:
+    """Trains to `train.num_steps` (resuming from <workdir>), returns the logged per-step metrics."""
+    run = Run(config, workdir)
+    if jax.process_index() == 0:
+        save_config(workdir, config)
+    state = run.restore_or_init()
+    start_step = int(state.step)
+    train_step = make_train_step(run.model, run.optimizer, config, run.mesh, run.rules,
+                                 run.shardings, run.rows_sharding)
+    batches = train_batches(run.data, config, start_step=start_step,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    metrics_log = MetricsLog(workdir, config, config.train.num_steps)
+    log(f"MFU counts {metrics_log.flops_per_token / 1e6:.1f} MFLOP per token; peak "
+        f"{metrics_log.peak_flops / 1e12:.3f} TFLOP/s ({metrics_log.peak_source})")
+    preemption = PreemptionFlag()
+    t, checkpoints = config.train, run.checkpoints
+    try:
+        for step in range(start_step + 1, t.num_steps + 1):
+            first = step == start_step + 1
+            with metrics_log.untimed() if first else contextlib.nullcontext():
+                compile_start = time.perf_counter()
+                state, step_metrics = train_step(state, to_global(next(batches), run.rows_sharding))
+                if first:
+                    jax.block_until_ready(step_metrics)
+                    log(f"step {step} compiled and ran in {time.perf_counter() - compile_start:.1f}s")
+            metrics_log.add(step, step_metrics, timed=not first)
+            last = step == t.num_steps
+            if step % t.log_every == 0 or last:
+                metrics_log.log_window(step)
+            if step % t.eval_every == 0 or last:
+                with metrics_log.untimed():
+                    metrics_log.log_eval(step, run.evaluate(state.params))
+            preempted = preemption.agreed()
+            if step % config.checkpoint.every_steps == 0 or last or preempted:
+                metrics_log.log_window(step)  # never checkpoint past an unreported non-finite step
+                with metrics_log.untimed():
+                    checkpoints.save(step, state, {"next_step": step, "global_batch": t.batch_size,
+                                                   "process_count": jax.process_count()})
+            if preempted:
+                log(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting to be resumed")
+                break
+    finally:
+        preemption.restore()
+        checkpoints.close()
+        metrics_log.close()
+    return metrics_log.history
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """Held-out masked-LM loss/accuracy per language of the latest checkpoint in <workdir>."""
+    run = Run(config, workdir)
+    if run.checkpoints.latest_step() is None:
+        raise CheckpointError(f"no checkpoint in {run.checkpoints.directory}: train first")
+    state = run.restore_or_init()
+    results = run.evaluate(state.params)
+    metrics_log = MetricsLog(workdir, config, config.train.num_steps)
+    metrics_log.log_eval(int(state.step), results)
+    metrics_log.close()
+    run.checkpoints.close()
+    return results

@@ -1,0 +1,114 @@
+"""Throughput, MFU and the FLOP count behind it, and the run's summary writer.
+
+FLOPs per trained token (forward + backward = 3x forward; a matmul of an m x n
+weight costs 2mn per token forward):
+
+    6 * N_body                 every non-embedding encoder weight, at every position
+  + 12 * L * S * H             attention scores and weighted sum (QK^T and PV: 2*2*S*H
+                               per layer forward), full bidirectional attention
+  + 6 * m * (H*H + H*V)        LM head (dense + tied decoder) at the masked fraction m only
+
+Embedding lookups, LayerNorms, softmax and the optimizer are not counted: MFU
+measures the matmul work the model needs, not the work an implementation does.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip (vendor numbers), for MFU on accelerators.
+ACCELERATOR_PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12,
+}
+
+
+def body_params(model_config) -> int:
+    """Non-embedding encoder parameters (weights and biases of the transformer blocks)."""
+    h, f, layers = model_config.hidden_size, model_config.mlp_dim, model_config.num_layers
+    attention = 4 * h * h + 4 * h
+    mlp = 2 * h * f + f + h
+    layer_norms = 2 * 2 * h
+    return layers * (attention + mlp + layer_norms)
+
+
+def flops_per_token(model_config, seq_len: int, masked_fraction: float) -> float:
+    """Training FLOPs per token by the formula in the module docstring."""
+    h, v, layers = model_config.hidden_size, model_config.vocab_size, model_config.num_layers
+    return (6 * body_params(model_config) + 12 * layers * seq_len * h
+            + 6 * masked_fraction * (h * h + h * v))
+
+
+_measured_cpu_peak = None
+
+
+def measured_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """f32 matmul FLOP/s of this CPU: the honest denominator for CPU MFU."""
+    global _measured_cpu_peak
+    if _measured_cpu_peak is None:
+        cpu = jax.local_devices(backend="cpu")[0]
+        a = jax.device_put(jnp.ones((size, size), jnp.float32), cpu)
+        matmul = jax.jit(lambda x: x @ x)
+        matmul(a).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            matmul(a).block_until_ready()
+        seconds = (time.perf_counter() - start) / repeats
+        # Every device of a CPU "mesh" shares the same cores, so the host peak is the total.
+        _measured_cpu_peak = 2 * size**3 / seconds
+    return _measured_cpu_peak
+
+
+def peak_flops() -> tuple[float, str]:
+    """(peak FLOP/s of all local devices together, where the number comes from)."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return measured_cpu_peak_flops(), "measured f32 matmul peak of this CPU"
+    kind = device.device_kind
+    for name, flops in ACCELERATOR_PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops * jax.local_device_count(), f"{kind} bf16 dense peak"
+    return float("nan"), f"unknown peak for {kind}"
+
+
+def peak_memory_bytes() -> int:
+    """Peak device memory where the backend reports it, else the process' peak RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(sum((d.memory_stats() or {}).get("peak_bytes_in_use", 0)
+                       for d in jax.local_devices()))
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def format_duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class SummaryWriter:
+    """TensorBoard event files in <workdir>/tensorboard, written by process 0 only."""
+
+    def __init__(self, logdir: str, enabled: bool):
+        self._writer = None
+        if enabled:
+            import tensorflow as tf
+            self._tf = tf
+            self._writer = tf.summary.create_file_writer(logdir)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            for name, value in values.items():
+                self._tf.summary.scalar(name, float(value))
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,64 @@
+"""The train state, created directly sharded on the mesh."""
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _init_variables(model, config, rng):
+    seq_len = config.data.seq_len
+    dummy_ids = jnp.full((1, seq_len), 4, jnp.int32)
+    dummy_positions = jnp.zeros((1, 1), jnp.int32)
+    kwargs = {}
+    if config.model.num_languages:
+        kwargs["language_ids"] = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init({"params": rng, "dropout": rng}, dummy_ids, dummy_positions, **kwargs)
+
+
+def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
+    """(abstract state, sharding of every leaf) without allocating anything."""
+
+    def init_abstract(rng):
+        boxed = _init_variables(model, config, rng)["params"]
+        params = nn.meta.unbox(boxed)
+        return boxed, TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                 opt_state=optimizer.init(params))
+
+    boxed, abstract_state = jax.eval_shape(init_abstract, jax.random.key(0))
+    logical_specs = nn.get_partition_spec(boxed)
+    param_shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    # Optimizer moments mirror the params' shardings; step counts are replicated.
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, abstract_state.opt_state, param_shardings,
+        transform_non_params=lambda _: replicated)
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+    return abstract_state, shardings
+
+
+def create_train_state(model, optimizer, config, mesh: Mesh, rules, shardings) -> TrainState:
+    """Initializes params and optimizer state where they live: no host copy of the full model."""
+
+    def init(rng):
+        params = nn.meta.unbox(_init_variables(model, config, rng)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return jax.jit(init, out_shardings=shardings)(jax.random.key(config.train.seed))
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

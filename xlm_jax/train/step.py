@@ -1,0 +1,108 @@
+"""The jitted train and eval steps: pure functions of (state, batch)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from xlm_jax.objectives.mlm import mlm_loss_terms
+from xlm_jax.train.optim import learning_rate_schedule
+from xlm_jax.train.state import TrainState
+
+
+def _model_kwargs(batch):
+    return {"language_ids": batch["language_ids"]} if "language_ids" in batch else {}
+
+
+def _microbatches(batch, num_micro: int, mesh, rules):
+    """[B, ...] -> [A, B/A, ...] with microbatch k = examples k, k+A, ... .
+
+    Interleaving keeps every device's rows local: a device holding a contiguous
+    slice of the batch holds the same share of every microbatch.
+    """
+    batch_axes = dict(rules).get("batch")
+
+    def split(x):
+        x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, batch_axes, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh, rules,
+                    state_shardings, batch_sharding):
+    """Returns step(state, batch) -> (state, metrics), jitted with shardings, state donated.
+
+    One call is one optimizer update over `train.grad_accum_steps` microbatches. The
+    loss is the mean over every masked token of the global batch, however it is split.
+    A non-finite loss or gradient leaves params and optimizer state untouched and is
+    reported in metrics["nonfinite"]; the loop decides whether that stops the run.
+    """
+    num_micro = config.train.grad_accum_steps
+    schedule_fn = learning_rate_schedule(config.train)
+    dropout_key = jax.random.key(config.train.seed + 1)
+
+    def micro_grads(params, micro, rng):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, micro["input_ids"], micro["masked_positions"],
+                                 deterministic=False, rngs={"dropout": rng}, **_model_kwargs(micro))
+            terms = mlm_loss_terms(logits, micro["masked_ids"], micro["masked_weights"])
+            return terms["loss_sum"], terms
+
+        grads, terms = jax.grad(loss_fn, has_aux=True)(params)
+        return grads, terms
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(dropout_key, state.step)
+        micro = _microbatches(batch, num_micro, mesh, rules)
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        zero_terms = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+
+        def accumulate(carry, xs):
+            grads_sum, terms_sum = carry
+            index, mb = xs
+            grads, terms = micro_grads(state.params, mb, jax.random.fold_in(rng, index))
+            return (jax.tree.map(jnp.add, grads_sum, grads),
+                    jax.tree.map(jnp.add, terms_sum, terms)), None
+
+        (grads, terms), _ = jax.lax.scan(accumulate, (zero_grads, zero_terms),
+                                         (jnp.arange(num_micro), micro))
+        count = jnp.maximum(terms["count"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        loss = terms["loss_sum"] / count
+        grad_norm = optax.global_norm(grads)
+
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)
+        new_state = TrainState(step=state.step + 1,
+                               params=jax.tree.map(keep, new_params, state.params),
+                               opt_state=jax.tree.map(keep, new_opt_state, state.opt_state))
+        metrics = {"loss": loss, "accuracy": terms["correct"] / count, "grad_norm": grad_norm,
+                   "learning_rate": schedule_fn(state.step), "masked_tokens": terms["count"],
+                   "nonfinite": (~finite).astype(jnp.int32)}
+        return new_state, metrics
+
+    def traced(state, batch):
+        with nn.logical_axis_rules(rules):
+            return step(state, batch)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(traced, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_eval_step(model, mesh, rules, params_shardings, batch_sharding):
+    """eval(params, batch) -> loss_sum, correct, count over the batch (no dropout)."""
+
+    def evaluate(params, batch):
+        with nn.logical_axis_rules(rules):
+            logits = model.apply({"params": params}, batch["input_ids"], batch["masked_positions"],
+                                 deterministic=True, **_model_kwargs(batch))
+            return mlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"])
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(evaluate, in_shardings=(params_shardings, batch_sharding),
+                   out_shardings=replicated)
