@@ -22,6 +22,7 @@ setup(
         "sentencepiece>=0.2.0",
         "ml-collections>=1.0",
         "absl-py>=2.1",
+        "etils[epath]>=1.7",
         "numpy>=1.26",
     ],
     extras_require={

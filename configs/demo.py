@@ -22,7 +22,7 @@ def get_config():
     d.max_sentences_per_language = 5000
     d.tokenizer_sentences = 100_000
     d.eval_sentences_per_language = 100
-    d.eval_languages = "en,de,ru,ar,hi,ja,zh_CN,sw,yo,cy"
+    d.max_eval_languages = 8
 
     t = config.train
     t.num_steps = 300

@@ -49,7 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.max_sentences_per_language = 0   # 0 = no cap
     d.eval_sentences_per_language = 200
     d.eval_batches = 2
-    d.eval_languages = ""        # comma-separated languages to evaluate; "" = every one with held-out text
+    d.eval_languages = ""        # comma-separated languages to evaluate; "" = all with held-out text,
+    d.max_eval_languages = 0     # or at most this many, spread from the largest to the smallest (0 = all)
     d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
     d.character_coverage = 0.9995
     d.byte_fallback = True
@@ -126,13 +127,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive(config, field)
     for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",
                   "model.num_languages", "data.max_sentences_per_language",
-                  "data.eval_sentences_per_language", "model.dropout_rate",
+                  "data.eval_sentences_per_language", "data.max_eval_languages", "model.dropout_rate",
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
 
     _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
+    _require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
     _require(d.seq_len <= m.max_len, "data.seq_len",
              f"got {d.seq_len}, longer than model.max_len={m.max_len}")
     _require(0 < d.mask_prob < 1, "data.mask_prob", f"got {d.mask_prob}; must be in (0, 1)")

@@ -31,6 +31,8 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
     from xlm_jax.parallel.mesh import initialize_distributed
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            auto=_DISTRIBUTED.value)

@@ -15,11 +15,11 @@ import time
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-LANGUAGES = ("en", "el", "sw", "ja")
+LANGUAGES = ("en", "el", "sw", "cy")
 
 TINY = [
     "--config.model.num_layers=2", "--config.model.hidden_size=32", "--config.model.num_heads=2",
-    "--config.model.mlp_dim=64", "--config.model.vocab_size=402", "--config.model.max_len=64",
+    "--config.model.mlp_dim=64", "--config.model.vocab_size=702", "--config.model.max_len=64",
     "--config.data.seq_len=32", "--config.data.tokenizer_sentences=4000",
     "--config.data.eval_sentences_per_language=20", "--config.data.eval_batches=1",
     "--config.train.batch_size=8", "--config.train.num_steps=8", "--config.train.warmup_steps=2",

@@ -177,21 +177,33 @@ class MetricsLog:
             self.jsonl.close()
 
 
+def eval_languages(data, config) -> list[str]:
+    """`data.eval_languages`, or up to `data.max_eval_languages` spread over the size ranking,
+    so that high- and low-resource languages are both watched."""
+    d = config.data
+    candidates = [lang for i, lang in enumerate(data.languages) if len(data.eval_blocks[i])]
+    wanted = [lang.strip() for lang in d.eval_languages.split(",") if lang.strip()]
+    if wanted:
+        unknown = sorted(set(wanted) - set(candidates))
+        if unknown:
+            raise ConfigError(f"config field `data.eval_languages`: no held-out text for "
+                              f"{', '.join(unknown)}; languages with held-out text: "
+                              f"{', '.join(candidates)}")
+        return wanted
+    if not d.max_eval_languages or len(candidates) <= d.max_eval_languages:
+        return candidates
+    by_size = sorted(candidates, key=lambda lang: (-data.counts[lang], lang))
+    picks = np.linspace(0, len(by_size) - 1, d.max_eval_languages).round().astype(int)
+    return sorted(by_size[i] for i in picks)
+
+
 def eval_sets(data, config) -> dict[str, list[dict]]:
     """This process' held-out batches per evaluated language, built once per run."""
-    wanted = [lang.strip() for lang in config.data.eval_languages.split(",") if lang.strip()]
-    unknown = sorted(set(wanted) - set(data.languages))
-    if unknown:
-        raise ConfigError(f"config field `data.eval_languages`: {', '.join(unknown)} not in the "
-                          f"corpus; languages: {', '.join(data.languages)}")
     sets = {}
-    for index, language in enumerate(data.languages):
-        if wanted and language not in wanted:
-            continue
-        batches = eval_batches(data, config, index, process_index=jax.process_index(),
-                               process_count=jax.process_count())
-        if batches:
-            sets[language] = batches
+    for language in eval_languages(data, config):
+        sets[language] = eval_batches(data, config, data.languages.index(language),
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
     return sets
 
 

@@ -53,21 +53,25 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh
         grads, terms = jax.grad(loss_fn, has_aux=True)(params)
         return grads, terms
 
-    def step(state: TrainState, batch):
-        rng = jax.random.fold_in(dropout_key, state.step)
-        micro = _microbatches(batch, num_micro, mesh, rules)
-        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        zero_terms = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+    def accumulated_grads(params, batch, rng):
+        """Summed grads and loss terms over the microbatches of one global batch."""
+        if num_micro == 1:
+            return micro_grads(params, batch, rng)
 
         def accumulate(carry, xs):
-            grads_sum, terms_sum = carry
             index, mb = xs
-            grads, terms = micro_grads(state.params, mb, jax.random.fold_in(rng, index))
-            return (jax.tree.map(jnp.add, grads_sum, grads),
-                    jax.tree.map(jnp.add, terms_sum, terms)), None
+            grads, terms = micro_grads(params, mb, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (grads, terms)), None
 
-        (grads, terms), _ = jax.lax.scan(accumulate, (zero_grads, zero_terms),
-                                         (jnp.arange(num_micro), micro))
+        zeros = (jax.tree.map(jnp.zeros_like, params),
+                 {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")})
+        micro = _microbatches(batch, num_micro, mesh, rules)
+        (grads, terms), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
+        return grads, terms
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(dropout_key, state.step)
+        grads, terms = accumulated_grads(state.params, batch, rng)
         count = jnp.maximum(terms["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = terms["loss_sum"] / count

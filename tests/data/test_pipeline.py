@@ -1,0 +1,177 @@
+"""prepare_data on real text, then the batch streams: shapes, determinism, resume, multi-process, mixture."""
+import os
+
+import numpy as np
+import pytest
+
+from xlm_jax.config import default_config
+from xlm_jax.data import pipeline
+from xlm_jax.data.masking import max_predictions
+from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.data.sampling import temperature_probs
+from xlm_jax.errors import ConfigError
+
+SIZES = {"en": 800, "el": 400, "hy": 200, "sw": 100, "yo": 8}   # yo: too small to hold out eval text
+BATCH, SEQ_LEN = 16, 32
+
+
+@pytest.fixture(scope="module")
+def config(shared_data, tmp_path_factory):
+    corpus = tmp_path_factory.mktemp("corpus")
+    for lang, size in SIZES.items():
+        lines = (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").split("\n")[:size]
+        (corpus / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    c = default_config()
+    c.data.corpus_dir = str(corpus)
+    c.data.seq_len = SEQ_LEN
+    c.data.alpha = 0.5
+    c.data.eval_sentences_per_language = 30
+    c.data.tokenizer_sentences = 3000
+    c.data.byte_fallback = False
+    c.model.vocab_size = 500
+    c.train.batch_size = BATCH
+    c.train.seed = 3
+    return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def prepared(config, workdir):
+    logs = []
+    return prepare_data(config, workdir, log=logs.append), logs
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _originals(batch):
+    """The uncorrupted blocks: masked_ids put back at masked_positions."""
+    tokens = batch["input_ids"].copy()
+    for row, positions, ids, weights in zip(tokens, batch["masked_positions"], batch["masked_ids"],
+                                            batch["masked_weights"]):
+        real = weights > 0
+        row[positions[real]] = ids[real]
+    return tokens
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_prepare_data(prepared, workdir):
+    data, logs = prepared
+    assert data.languages == sorted(SIZES)
+    held_out = {lang: min(30, n // 10) for lang, n in SIZES.items()}
+    assert data.counts == {lang: n - held_out[lang] for lang, n in SIZES.items()}
+    probs = temperature_probs(data.counts, 0.5)
+    assert data.probs == pytest.approx([probs[lang] for lang in data.languages])
+    assert data.tokenizer.vocab_size == 500
+    for blocks in data.train_blocks:
+        assert blocks.dtype == np.int32 and blocks.shape[1] == SEQ_LEN and len(blocks) > 0
+        assert np.all(blocks[:, 0] == 0) and blocks.max() < 500
+    eval_sizes = dict(zip(data.languages, map(len, data.eval_blocks)))
+    assert eval_sizes["yo"] == 0 and all(n > 0 for lang, n in eval_sizes.items() if lang != "yo")
+    assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
+    log = "\n".join(logs)
+    assert "q_i" in log and "not evaluated" in log and "yo" in log.split("not evaluated")[1]
+
+
+def test_batch_shapes_and_dtypes(prepared, config):
+    data, _ = prepared
+    batch = next(train_batches(data, config, start_step=0))
+    predictions = max_predictions(SEQ_LEN, 0.15)
+    expected = {"input_ids": ((BATCH, SEQ_LEN), np.int32), "masked_positions": ((BATCH, predictions), np.int32),
+                "masked_ids": ((BATCH, predictions), np.int32),
+                "masked_weights": ((BATCH, predictions), np.float32), "language": ((BATCH,), np.int32)}
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+
+
+def test_examples_are_blocks_of_their_language(prepared, config):
+    data, _ = prepared
+    for batch in _take(train_batches(data, config, start_step=0), 3):
+        for original, language in zip(_originals(batch), batch["language"]):
+            assert (data.train_blocks[language] == original).all(axis=1).any()
+
+
+def test_two_iterators_agree(prepared, config):
+    data, _ = prepared
+    for a, b in zip(_take(train_batches(data, config, start_step=0), 4),
+                    _take(train_batches(data, config, start_step=0), 4)):
+        _assert_same(a, b)
+
+
+def test_resume_gives_the_same_batches(prepared, config):
+    data, _ = prepared
+    uninterrupted = _take(train_batches(data, config, start_step=0), 8)
+    resumed = _take(train_batches(data, config, start_step=3), 5)
+    for a, b in zip(uninterrupted[3:], resumed):
+        _assert_same(a, b)
+    assert not np.array_equal(uninterrupted[0]["input_ids"], uninterrupted[1]["input_ids"])
+
+
+def test_processes_split_the_same_global_batch(prepared, config):
+    data, _ = prepared
+    whole = _take(train_batches(data, config, start_step=2), 3)
+    parts = [_take(train_batches(data, config, start_step=2, process_index=i, process_count=2), 3) for i in (0, 1)]
+    for step, batch in enumerate(whole):
+        assert parts[0][step]["input_ids"].shape == (BATCH // 2, SEQ_LEN)
+        _assert_same(batch, {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in batch})
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        train_batches(data, config, start_step=0, process_count=3)
+
+
+def test_language_mixture_follows_q(prepared, config):
+    data, _ = prepared
+    languages = np.concatenate([b["language"] for b in _take(train_batches(data, config, start_step=0), 250)])
+    frequencies = np.bincount(languages, minlength=len(data.languages)) / len(languages)
+    q = np.array(data.probs)
+    assert np.all(np.abs(frequencies - q) < 5 * np.sqrt(q * (1 - q) / len(languages)))
+
+
+def test_eval_batches_are_fixed(prepared, config):
+    data, _ = prepared
+    index = data.languages.index("el")
+    first, second = eval_batches(data, config, index), eval_batches(data, config, index)
+    assert len(first) == config.data.eval_batches
+    for a, b in zip(first, second):
+        _assert_same(a, b)
+        assert np.all(a["language"] == index)
+    originals = np.concatenate([_originals(b) for b in first])
+    blocks = data.eval_blocks[index]
+    np.testing.assert_array_equal(originals, blocks[np.arange(len(originals)) % len(blocks)])
+    halves = [eval_batches(data, config, index, process_index=i, process_count=2) for i in (0, 1)]
+    for step, batch in enumerate(first):
+        _assert_same(batch, {k: np.concatenate([halves[0][step][k], halves[1][step][k]]) for k in batch})
+    assert eval_batches(data, config, data.languages.index("yo")) == []
+
+
+def test_tokenizer_is_reused_from_the_workdir(prepared, config, workdir, monkeypatch):
+    data, _ = prepared
+    path = os.path.join(workdir, "tokenizer.model")
+    mtime = os.stat(path).st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was retrained")
+
+    monkeypatch.setattr(pipeline, "train_sentencepiece", no_training)
+    logs = []
+    again = prepare_data(config, workdir, log=logs.append)
+    assert again.tokenizer.model_proto == data.tokenizer.model_proto
+    assert os.stat(path).st_mtime_ns == mtime
+    assert any("loaded" in line for line in logs)
+    for a, b in zip(again.train_blocks, data.train_blocks):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_vocab_size_must_match_the_saved_tokenizer(config, workdir, prepared):
+    other = config.copy_and_resolve_references()
+    other.model.vocab_size = 600
+    with pytest.raises(ConfigError, match=r"model.vocab_size.*tokenizer.model has 500 ids"):
+        prepare_data(other, workdir, log=lambda line: None)

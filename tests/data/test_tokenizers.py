@@ -1,0 +1,111 @@
+"""SentencePiece with the fairseq id layout, trained on real text in four scripts."""
+import unicodedata
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from xlm_jax.data.sampling import temperature_probs
+from xlm_jax.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from xlm_jax.errors import DataError
+
+LANGUAGES = ("en", "el", "ja", "hy")
+
+
+@pytest.fixture(scope="module")
+def text(shared_data):
+    return {lang: (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").split("\n")[:2000]
+            for lang in LANGUAGES}
+
+
+def _train(text, vocab_size=2000, **overrides):
+    settings = dict(input_sentence_size=3000, character_coverage=0.9995, byte_fallback=True, seed=0)
+    probs = temperature_probs({lang: len(s) for lang, s in text.items()}, 0.3)
+    return train_sentencepiece(text, probs, vocab_size, **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text):
+    return _train(text)
+
+
+def test_fairseq_special_ids(tokenizer):
+    assert tokenizer.vocab_size == 2000
+    assert tokenizer.mask_id == 1999
+    assert (tokenizer.BOS_ID, tokenizer.PAD_ID, tokenizer.EOS_ID, tokenizer.UNK_ID) == (0, 1, 2, 3)
+    assert tokenizer.special_ids == (0, 1, 2, 3, 1999)
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    assert sp.vocab_size() == 1998
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+
+
+def test_ids_are_sentencepiece_ids_shifted_by_one(tokenizer, text):
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    sentences = [s for lang in LANGUAGES for s in text[lang][:50]]
+    for ids, pieces in zip(tokenizer.encode(sentences), sp.encode(sentences)):
+        assert ids.dtype == np.int32
+        np.testing.assert_array_equal(ids, np.array(pieces) + 1)
+        assert ids.min() >= 4 and ids.max() < tokenizer.mask_id
+
+
+def test_unknown_characters_map_to_fairseq_unk(text):
+    tokenizer = _train({lang: text[lang][:300] for lang in ("en", "el")}, vocab_size=300, byte_fallback=False,
+                       input_sentence_size=1000)
+    ids = tokenizer.encode(["hello ᐊᐃᐅ"])[0]    # Canadian syllabics: not in the training text
+    assert tokenizer.UNK_ID in ids.tolist()
+    assert tokenizer.decode(ids).strip() == "hello"       # <unk> is a special: dropped
+
+
+def test_decode_inverts_encode_up_to_normalization(tokenizer, text):
+    sentences = [s for lang in LANGUAGES for s in text[lang][-30:]]
+    sentences.append("ᐊᐃᐅ and ☃ come back through byte fallback")
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    for sentence, ids in zip(sentences, tokenizer.encode(sentences)):
+        assert tokenizer.decode(ids) == sp.decode(sp.encode(sentence))
+        if unicodedata.normalize("NFKC", sentence) == sentence and " ".join(sentence.split()) == sentence:
+            assert tokenizer.decode(ids) == sentence
+
+
+def test_decode_skips_specials(tokenizer):
+    ids = tokenizer.encode(["Καλημέρα"])[0]
+    with_specials = [tokenizer.BOS_ID, *ids, tokenizer.EOS_ID, tokenizer.mask_id, tokenizer.PAD_ID]
+    assert tokenizer.decode(with_specials) == "Καλημέρα"
+    with pytest.raises(DataError, match="outside this tokenizer's vocabulary of 2000"):
+        tokenizer.decode([5, 2000])
+
+
+def test_save_and_load(tokenizer, tmp_path, text):
+    path = tmp_path / "tokenizer.model"
+    tokenizer.save(str(path))
+    loaded = SentencePieceTokenizer.load(str(path))
+    assert loaded.model_proto == tokenizer.model_proto and loaded.vocab_size == tokenizer.vocab_size
+    sentences = text["hy"][:20]
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.encode(sentences), tokenizer.encode(sentences)))
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.model"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        SentencePieceTokenizer.load(str(tmp_path / "missing.model"))
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(b"\x00\x01 definitely not a protobuf \xff" * 10)
+    with pytest.raises(DataError, match=r"garbage\.model: not a serialized SentencePiece model"):
+        SentencePieceTokenizer.load(str(garbage))
+
+
+def test_training_is_deterministic(text):
+    small = {lang: text[lang][:300] for lang in ("en", "el")}
+    settings = dict(vocab_size=300, input_sentence_size=600, byte_fallback=False)
+    first = _train(small, **settings)
+    assert _train(small, **settings).model_proto == first.model_proto
+    assert _train(small, **settings, seed=1).model_proto != first.model_proto
+
+
+def test_vocab_too_large_for_the_text(text):
+    with pytest.raises(DataError, match=r"supports at most \d+ ids, fewer than model.vocab_size=100000"):
+        _train({"en": text["en"][:200], "el": text["el"][:200]}, vocab_size=100_000, input_sentence_size=500)
+
+
+def test_vocab_too_small_for_the_alphabet(text):
+    with pytest.raises(DataError, match=r"model.vocab_size=300 is too small.*need at least \d+"):
+        _train(text, vocab_size=300, input_sentence_size=500)

@@ -1,0 +1,1 @@
+"""Text in, batches out: corpora, temperature sampling, tokenizer, packing, masking, tf.data."""
