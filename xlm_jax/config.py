@@ -101,8 +101,9 @@ def _one_of(config, field: str, allowed) -> None:
 def _positive(config, field: str, allow_zero: bool = False) -> None:
     section, name = field.split(".")
     value = config[section][name]
-    bound_ok = value >= 0 if allow_zero else value > 0
-    _require(isinstance(value, (int, float)) and bound_ok, field,
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    bound_ok = numeric and (value >= 0 if allow_zero else value > 0)
+    _require(bound_ok, field,
              f"got {value!r}; must be a {'non-negative' if allow_zero else 'positive'} number")
 
 
@@ -113,6 +114,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
         for name in expected[section]:
             _require(name in config[section], f"{section}.{name}", "field is missing")
+            _require(config[section][name] is not None, f"{section}.{name}",
+                     f"is None; set a {type(expected[section][name]).__name__} "
+                     f"(default {expected[section][name]!r})")
 
     m, d, t = config.model, config.data, config.train
     _one_of(config, "model.dtype", DTYPES)
@@ -142,7 +146,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
              "mask_token_prob + random_token_prob must lie in [0, 1]")
     _require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
-    _require(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b2", "Adam betas must be in [0, 1)")
+    for beta in ("b1", "b2"):
+        _require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
+                 f"got {t[beta]!r}; Adam betas must be in [0, 1)")
     _require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
              f"batch_size {t.batch_size} is not divisible by grad_accum_steps {t.grad_accum_steps}")
     _require(t.warmup_steps <= t.num_steps, "train.warmup_steps",

@@ -43,7 +43,7 @@ def command(workdir, corpus_dir, *extra) -> list[str]:
 
 def environment(devices: int = 1) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
     return env
 
 
@@ -75,10 +75,15 @@ def wait_for(predicate, process, timeout=300.0):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(corpus_dir, tmp_path_factory) -> dict[int, float]:
+def uninterrupted_run(corpus_dir, tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("uninterrupted")
     run(workdir, corpus_dir)
-    result = losses(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> dict[int, float]:
+    result = losses(uninterrupted_run)
     assert sorted(result) == list(range(1, 9))
     assert result[8] < result[1]
     return result
@@ -158,3 +163,31 @@ def test_bad_config_value_fails_fast_naming_the_field(corpus_dir, tmp_path):
     assert result.returncode == 2
     assert "model.dtype" in result.stderr and "bfloat16" in result.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_load_run_for_notebooks_encodes_and_predicts(uninterrupted_run, uninterrupted):
+    import numpy as np
+    import xlm_jax
+
+    model = xlm_jax.load(str(uninterrupted_run))
+    assert model.step == 8
+    vectors = model.encode(["Hello world", "Habari ya dunia", "Γεια σου κόσμε"])
+    assert vectors.shape == (3, 32) and np.isfinite(vectors).all()
+    # Padding must not change a sentence's vector: encode alone == encode next to a longer one.
+    alone = model.encode(["Hello world"])
+    np.testing.assert_allclose(alone[0], vectors[0], atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+    predictions = model.predict_masked("The <mask> is here and <mask> there.", top_k=3)
+    assert len(predictions) == 2 and all(len(p) == 3 for p in predictions)
+    probs = [prob for p in predictions for _, prob in p]
+    assert all(0 <= prob <= 1 for prob in probs) and predictions[0][0][1] >= predictions[0][1][1]
+    with pytest.raises(ValueError, match="<mask>"):
+        model.predict_masked("no mask here")
+
+
+def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
+    import xlm_jax
+    from xlm_jax.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="config.json"):
+        xlm_jax.load(str(tmp_path))

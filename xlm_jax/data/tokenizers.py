@@ -80,6 +80,12 @@ class SentencePieceTokenizer:
             out.extend(np.split(self._to_fairseq[flat], np.cumsum(lengths)[:-1]))
         return out
 
+    def id_to_piece(self, token_id: int) -> str:
+        """The piece of one fairseq id, e.g. '▁Welt'; specials by their XLM-R names."""
+        names = {self.BOS_ID: "<s>", self.PAD_ID: "<pad>", self.EOS_ID: "</s>", self.UNK_ID: "<unk>",
+                 self.mask_id: "<mask>"}
+        return names.get(token_id) or self._sp.id_to_piece(token_id - 1)
+
     def decode(self, ids) -> str:
         """Text of fairseq ids; the special tokens are dropped."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)

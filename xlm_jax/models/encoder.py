@@ -35,6 +35,16 @@ def layer_norm(config, name: str) -> nn.LayerNorm:
         bias_init=param_with_axes(nn.initializers.zeros, ("embed",)), name=name)
 
 
+def over_tokens(fn, x: jax.Array) -> jax.Array:
+    """fn applied to x viewed as [tokens, features], reshaped back to x's leading dims.
+
+    A weight gradient of a [batch, length, features] matmul contracts two dims, which
+    XLA:CPU runs ~2x slower than the same matmul over one flattened token dim.
+    """
+    y = fn(x.reshape(-1, x.shape[-1]))
+    return y.reshape(x.shape[:-1] + y.shape[1:])
+
+
 def fairseq_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
     """XLM-R positions: real tokens count up from pad_token_id + 1, padding stays at pad_token_id."""
     is_token = (input_ids != pad_token_id).astype(jnp.int32)
@@ -107,15 +117,17 @@ class HeadProjection(nn.Module):
         if self.to_heads:
             kernel_shape, kernel_axes = (c.hidden_size, heads, head_dim), ("embed", "heads", "kv")
             bias_shape, bias_axes = (heads, head_dim), ("heads", "kv")
-            equation = "bsd,dhk->bshk"
         else:
             kernel_shape, kernel_axes = (heads, head_dim, c.hidden_size), ("heads", "kv", "embed")
             bias_shape, bias_axes = (c.hidden_size,), ("embed",)
-            equation = "bshk,hkd->bsd"
         kernel = self.param("kernel", param_with_axes(init, kernel_axes), kernel_shape, jnp.float32)
         bias = self.param("bias", param_with_axes(nn.initializers.zeros, bias_axes), bias_shape,
                           jnp.float32)
-        return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+        if self.to_heads:  # [b, s, hidden] -> [b, s, heads, head_dim]
+            return over_tokens(lambda t: jnp.einsum("td,dhk->thk", t, kernel), x.astype(dtype)) + bias
+        tokens = x.reshape(x.shape[0], x.shape[1], heads * head_dim).astype(dtype)
+        return over_tokens(lambda t: t @ kernel.reshape(heads * head_dim, -1), tokens) + bias
 
 
 class SelfAttention(nn.Module):
@@ -151,16 +163,16 @@ class EncoderLayer(nn.Module):
         attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
         x = layer_norm(c, "attention_LayerNorm")(x + attended)
 
-        h = nn.Dense(c.mlp_dim, dtype=dtype, param_dtype=jnp.float32,
-                     kernel_init=param_with_axes(dense_init(c), ("embed", "mlp")),
-                     bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
-                     name="intermediate")(x)
+        h = over_tokens(nn.Dense(c.mlp_dim, dtype=dtype, param_dtype=jnp.float32,
+                                 kernel_init=param_with_axes(dense_init(c), ("embed", "mlp")),
+                                 bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
+                                 name="intermediate"), x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = nn.gelu(h, approximate=False)
-        h = nn.Dense(c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
-                     kernel_init=param_with_axes(dense_init(c), ("mlp", "embed")),
-                     bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
-                     name="output")(h)
+        h = over_tokens(nn.Dense(c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                                 kernel_init=param_with_axes(dense_init(c), ("mlp", "embed")),
+                                 bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+                                 name="output"), h)
         h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
         x = layer_norm(c, "output_LayerNorm")(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xlm_jax.models.encoder import Encoder, dense_init, layer_norm, param_with_axes
+from xlm_jax.models.encoder import Encoder, dense_init, layer_norm, over_tokens, param_with_axes
 
 
 def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
@@ -21,15 +21,18 @@ class MaskedLMHead(nn.Module):
     def __call__(self, hidden, embeddings):
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        # (embed, mlp): in/out of an H x H matrix need distinct logical names to shard.
-        h = nn.Dense(c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
-                     kernel_init=param_with_axes(dense_init(c), ("embed", "mlp")),
-                     bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)), name="dense")(hidden)
+        # Only the input dim is sharded: splitting this kernel over (fsdp, tensor) between the
+        # tied embedding's lookup and decoder makes XLA's SPMD partitioner (jax 0.10) return
+        # wrong gradients when the batch is split over (data, fsdp) (tests/parallel).
+        h = over_tokens(nn.Dense(c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                                 kernel_init=param_with_axes(dense_init(c), ("embed", None)),
+                                 bias_init=param_with_axes(nn.initializers.zeros, (None,)),
+                                 name="dense"), hidden)
         h = nn.gelu(h, approximate=False)
         h = layer_norm(c, "LayerNorm")(h)
         bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("vocab",)),
                           (c.vocab_size,), jnp.float32)
-        logits = embeddings.attend(h) + bias.astype(dtype)
+        logits = over_tokens(embeddings.attend, h) + bias.astype(dtype)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -11,6 +11,7 @@ weight costs 2mn per token forward):
 Embedding lookups, LayerNorms, softmax and the optimizer are not counted: MFU
 measures the matmul work the model needs, not the work an implementation does.
 """
+import functools
 import time
 
 import jax
@@ -41,24 +42,22 @@ def flops_per_token(model_config, seq_len: int, masked_fraction: float) -> float
             + 6 * masked_fraction * (h * h + h * v))
 
 
-_measured_cpu_peak = None
+@functools.cache
+def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """f32 matmul FLOP/s of this CPU (best of a few runs): the honest denominator for CPU MFU.
 
-
-def measured_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
-    """f32 matmul FLOP/s of this CPU: the honest denominator for CPU MFU."""
-    global _measured_cpu_peak
-    if _measured_cpu_peak is None:
-        cpu = jax.local_devices(backend="cpu")[0]
-        a = jax.device_put(jnp.ones((size, size), jnp.float32), cpu)
-        matmul = jax.jit(lambda x: x @ x)
-        matmul(a).block_until_ready()
+    Every device of a CPU "mesh" shares the same cores, so this is the host's total.
+    """
+    cpu = jax.local_devices(backend="cpu")[0]
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), cpu)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    seconds = float("inf")
+    for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(repeats):
-            matmul(a).block_until_ready()
-        seconds = (time.perf_counter() - start) / repeats
-        # Every device of a CPU "mesh" shares the same cores, so the host peak is the total.
-        _measured_cpu_peak = 2 * size**3 / seconds
-    return _measured_cpu_peak
+        matmul(a).block_until_ready()
+        seconds = min(seconds, time.perf_counter() - start)
+    return 2 * size**3 / seconds
 
 
 def peak_flops() -> tuple[float, str]:

@@ -1,6 +1,5 @@
 """AdamW with the fairseq/XLM-R recipe: warmup, linear or polynomial decay, clipping."""
 import flax
-import jax
 import optax
 
 
@@ -33,7 +32,3 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     if t.clip_norm:
         return optax.chain(optax.clip_by_global_norm(t.clip_norm), adamw)
     return adamw
-
-
-def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)

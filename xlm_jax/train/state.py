@@ -1,4 +1,5 @@
 """The train state, created directly sharded on the mesh."""
+import math
 from typing import Any
 
 import flax
@@ -7,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
+
+from xlm_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -26,6 +29,28 @@ def _init_variables(model, config, rng):
     return model.init({"params": rng, "dropout": rng}, dummy_ids, dummy_positions, **kwargs)
 
 
+# Which config field sets the size of each logical axis, for errors a user can act on.
+AXIS_FIELDS = {"vocab": "model.vocab_size", "embed": "model.hidden_size", "mlp": "model.mlp_dim",
+               "heads": "model.num_heads", "kv": "model.hidden_size / model.num_heads",
+               "layers": "model.num_layers"}
+
+
+def check_divisible(boxed_params, mesh: Mesh, rules, config) -> None:
+    """Every sharded dim must split evenly over its mesh axes; else name the config field."""
+    flat = flax.traverse_util.flatten_dict(boxed_params, sep="/")
+    for path, boxed in flat.items():
+        mesh_axes = nn.logical_to_mesh_axes(boxed.names, rules)
+        for size, name, axes in zip(boxed.value.shape, boxed.names, mesh_axes):
+            axes = (axes,) if isinstance(axes, str) else (axes or ())
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if size % ways:
+                raise ConfigError(
+                    f"config field `{AXIS_FIELDS.get(name, name)}`: parameter {path} has {size} "
+                    f"along '{name}', which mesh.rules={config.mesh.rules!r} splits {ways} ways over "
+                    f"mesh axes {axes} {dict(mesh.shape)}; use a multiple of {ways}, or another "
+                    f"mesh or rules preset")
+
+
 def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
     """(abstract state, sharding of every leaf) without allocating anything."""
 
@@ -36,6 +61,7 @@ def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh
                                  opt_state=optimizer.init(params))
 
     boxed, abstract_state = jax.eval_shape(init_abstract, jax.random.key(0))
+    check_divisible(boxed, mesh, rules, config)
     logical_specs = nn.get_partition_spec(boxed)
     param_shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -75,7 +75,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh
         count = jnp.maximum(terms["count"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = terms["loss_sum"] / count
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
 
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,90 @@
+"""The notebook surface: load a run directory, encode sentences, fill in masks.
+
+    import xlm_jax
+    model = xlm_jax.load("runs/demo")
+    vectors = model.encode(["Hallo Welt", "Hello world"])        # [2, hidden], mean-pooled
+    model.predict_masked("The capital of France is <mask>.")    # [(piece, prob), ...] per <mask>
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlm_jax.data.pipeline import TOKENIZER_FILE
+from xlm_jax.data.tokenizers import SentencePieceTokenizer
+from xlm_jax.errors import CheckpointError
+from xlm_jax.models.heads import MaskedLM
+from xlm_jax.parallel.mesh import make_mesh
+from xlm_jax.parallel.rules import logical_axis_rules
+from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, load_config
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import state_shardings
+
+MASK_TEXT = "<mask>"
+
+
+class Model:
+    """A trained MaskedLM with its tokenizer, on this process' devices."""
+
+    def __init__(self, config, params, tokenizer: SentencePieceTokenizer, step: int):
+        self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
+        self._module = MaskedLM(config.model)
+        self._hidden = jax.jit(lambda p, ids: self._module.apply(
+            {"params": p}, ids, output_hidden_states=True)[1])
+        self._logits = jax.jit(lambda p, ids: self._module.apply({"params": p}, ids))
+
+    def _batch(self, token_lists: list[np.ndarray]) -> np.ndarray:
+        """<s> tokens </s>, truncated to the model's length, padded to the longest."""
+        limit = self.config.model.max_len - 2
+        t = self.tokenizer
+        rows = [np.concatenate([[t.BOS_ID], ids[:limit], [t.EOS_ID]]) for ids in token_lists]
+        batch = np.full((len(rows), max(map(len, rows))), t.PAD_ID, np.int32)
+        for i, row in enumerate(rows):
+            batch[i, :len(row)] = row
+        return batch
+
+    def encode(self, texts: list[str], layer: int = -1) -> np.ndarray:
+        """Mean over the tokens (specials included, padding excluded) of one layer's states.
+
+        layer: index into [embeddings, layer 1, ..., layer L]; -1 is the last layer.
+        Middle layers (e.g. 7 of 12) transfer best for retrieval (XTREME's Tatoeba).
+        """
+        ids = self._batch(self.tokenizer.encode(list(texts)))
+        hidden = np.asarray(self._hidden(self.params, ids)[layer], np.float32)
+        mask = (ids != self.tokenizer.PAD_ID)[..., None]
+        return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+
+    def predict_masked(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The top_k pieces and probabilities for each `<mask>` in `text`."""
+        if MASK_TEXT not in text:
+            raise ValueError(f"text has no {MASK_TEXT}: {text!r}")
+        t = self.tokenizer
+        parts = [p for piece in text.split(MASK_TEXT) for p in (t.encode([piece])[0], [t.mask_id])][:-1]
+        ids = self._batch([np.concatenate(parts).astype(np.int32)])
+        probs = jax.nn.softmax(self._logits(self.params, ids)[0].astype(jnp.float32), axis=-1)
+        results = []
+        for position in np.flatnonzero(ids[0] == t.mask_id):
+            top = np.argsort(-np.asarray(probs[position]))[:top_k]
+            results.append([(t.id_to_piece(int(i)), float(probs[position, i])) for i in top])
+        return results
+
+
+def load(workdir: str, step: int | None = None) -> Model:
+    """The params of checkpoint `step` (default: the latest) of a run directory."""
+    config = load_config(workdir)
+    tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(tokenizer_path):
+        raise CheckpointError(f"{tokenizer_path} is missing: is {workdir} an xlm_jax run directory?")
+    tokenizer = SentencePieceTokenizer.load(tokenizer_path)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    mesh = make_mesh(config.mesh)
+    rules = logical_axis_rules("dp")
+    model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
+    abstract, shardings = state_shardings(model, optimizer, config, mesh, rules)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
+    try:
+        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step)
+    finally:
+        checkpoints.close()
+    return Model(config, state.params, tokenizer, int(state.step))
