@@ -185,6 +185,24 @@ def test_load_run_for_notebooks_encodes_and_predicts(uninterrupted_run, uninterr
         model.predict_masked("no mask here")
 
 
+def test_resuming_with_another_model_is_a_clear_error_that_damages_nothing(
+        corpus_dir, uninterrupted_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(uninterrupted_run, workdir)
+    config_before = (workdir / "config.json").read_text()
+    checkpoints_before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    result = subprocess.run(command(workdir, corpus_dir, "--config.model.hidden_size=48",
+                                    "--config.train.num_steps=12"),
+                            cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "xlm_jax: error: checkpoint" in result.stderr
+    assert "shape" in result.stderr and "different model config" in result.stderr
+    assert (workdir / "config.json").read_text() == config_before
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == checkpoints_before
+
+
 def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
     import xlm_jax
     from xlm_jax.errors import CheckpointError

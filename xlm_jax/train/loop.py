@@ -264,9 +264,9 @@ class Run:
 def train_and_evaluate(config, workdir: str) -> list[dict]:
     """Trains to `train.num_steps` (resuming from <workdir>), returns the logged per-step metrics."""
     run = Run(config, workdir)
-    if jax.process_index() == 0:
-        save_config(workdir, config)
     state = run.restore_or_init()
+    if jax.process_index() == 0:  # only once the checkpoint is known to fit this config
+        save_config(workdir, config)
     start_step = int(state.step)
     train_step = make_train_step(run.model, run.optimizer, config, run.mesh, run.rules,
                                  run.shardings, run.rows_sharding)
