@@ -12,6 +12,7 @@ Embedding lookups, LayerNorms, softmax and the optimizer are not counted: MFU
 measures the matmul work the model needs, not the work an implementation does.
 """
 import functools
+import resource
 import time
 
 import jax
@@ -78,7 +79,6 @@ def peak_memory_bytes() -> int:
     if "peak_bytes_in_use" in stats:
         return int(sum((d.memory_stats() or {}).get("peak_bytes_in_use", 0)
                        for d in jax.local_devices()))
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
