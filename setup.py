@@ -23,9 +23,13 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "etils[epath]>=1.7",
+        "safetensors>=0.4",
         "numpy>=1.26",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # transformers' XLM-R in PyTorch, the reference for interop parity tests.
+        # transformers 4.57.6 is the last release that also has Flax models (peer benchmarks).
+        "hf": ["torch==2.13.0", "transformers==4.57.6"],
     },
 )
