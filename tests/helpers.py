@@ -269,7 +269,7 @@ _SETUP_CACHE = {}
 
 def cached_train_setup(config, layout=(1, 1, 1), rules="fsdp") -> Setup:
     """train_setup(), shared across test modules: a compiled step is reused, not rebuilt."""
-    key = (repr(sorted((s, sorted(config[s].to_dict().items())) for s in config)), layout, rules)
+    key = (config.to_json(sort_keys=True), layout, rules)
     if key not in _SETUP_CACHE:
         _SETUP_CACHE[key] = train_setup(config, layout=layout, rules=rules)
     return _SETUP_CACHE[key]

@@ -19,6 +19,7 @@ MODES = ("train", "evaluate")
 def default_config() -> ml_collections.ConfigDict:
     """Every field xlm_jax reads, with defaults that run anywhere."""
     c = ml_collections.ConfigDict()
+    c.init_from = ""                 # "hf:DIR": start from a transformers XLM-R directory
 
     c.model = m = ml_collections.ConfigDict()
     m.num_layers = 2
@@ -110,7 +111,11 @@ def _positive(config, field: str, allow_zero: bool = False) -> None:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises ConfigError naming the first bad one."""
     expected = default_config()
-    for section in expected:
+    sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)]
+    _require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
+    _require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
+             f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R directory) or \"\"")
+    for section in sections:
         _require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
         for name in expected[section]:
             _require(name in config[section], f"{section}.{name}", "field is missing")

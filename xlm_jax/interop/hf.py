@@ -163,3 +163,32 @@ def import_xlmr(directory: str):
     m = model_config_from_hf(read_hf_config(directory), os.path.join(directory, "config.json"))
     params, has_head = params_from_hf(read_hf_weights(directory), m, directory)
     return m, params, has_head
+
+
+ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "num_heads", "mlp_dim", "vocab_size", "max_len",
+                       "type_vocab_size", "pad_token_id", "position_offset", "layer_norm_eps")
+SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
+
+
+def start_from_hf(config, directory: str, workdir: str):
+    """For `init_from=hf:DIR`: sets the model's architecture fields from DIR's config.json
+    (dtype, remat and dropout stay the run's), puts DIR's SentencePiece model in the
+    workdir as the run's tokenizer, and returns (params, has_mlm_head)."""
+    from xlm_jax.data.pipeline import TOKENIZER_FILE
+    from xlm_jax.data.tokenizers import SentencePieceTokenizer
+
+    imported, params, has_head = import_xlmr(directory)
+    for field in ARCHITECTURE_FIELDS:
+        config.model[field] = imported[field]
+    tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(tokenizer_path):
+        source = os.path.join(directory, SENTENCEPIECE_FILE)
+        if not os.path.isfile(source):
+            raise CheckpointError(f"{source} not found: init_from needs the model's SentencePiece "
+                                  "tokenizer beside its weights")
+        tokenizer = SentencePieceTokenizer.load(source)
+        if tokenizer.vocab_size != imported.vocab_size:
+            raise CheckpointError(f"{source} gives {tokenizer.vocab_size} ids but config.json has "
+                                  f"vocab_size {imported.vocab_size}")
+        tokenizer.save(tokenizer_path)
+    return params, has_head

@@ -18,13 +18,15 @@ from jax.experimental import multihost_utils
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
 from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
+from xlm_jax.interop.hf import start_from_hf
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, save_config
 from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import count_params, create_train_state, state_shardings
+from xlm_jax.train.state import (count_params, create_train_state, state_shardings,
+                                 train_state_from_params)
 from xlm_jax.train.step import make_eval_step, make_train_step
 
 
@@ -233,6 +235,13 @@ class Run:
         log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
             f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
             f"rules {config.mesh.rules!r}")
+        self.pretrained = None
+        if config.init_from:
+            source = config.init_from.removeprefix("hf:")
+            self.pretrained = start_from_hf(config, source, workdir)
+            config_lib.validate(config)
+            log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
+                f"{config.model.vocab_size} from {source}")
         self.data = prepare_data_once_per_workdir(config, workdir)
         self.model = MaskedLM(config.model)
         self.optimizer = make_optimizer(config.train)
@@ -254,6 +263,14 @@ class Run:
             return state
         state = create_train_state(self.model, self.optimizer, self.config, self.mesh, self.rules,
                                    self.shardings)
+        if self.pretrained:
+            params, has_head = self.pretrained
+            if not has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
+                params = {**params, "lm_head": jax.device_get(state.params["lm_head"])}
+            state = train_state_from_params(params, self.optimizer, self.shardings)
+            log(f"initialized from {self.config.init_from}"
+                + ("" if has_head else " (no MLM head there: a new one is trained)"))
+            return state
         log(f"initialized {count_params(state.params):,} parameters")
         return state
 

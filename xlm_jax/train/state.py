@@ -88,3 +88,12 @@ def create_train_state(model, optimizer, config, mesh: Mesh, rules, shardings) -
 
 def count_params(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+def train_state_from_params(params, optimizer, shardings) -> TrainState:
+    """A step-0 state around given (e.g. imported) params, placed with the state's shardings."""
+
+    def init(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+
+    return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)
