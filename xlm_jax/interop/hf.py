@@ -170,14 +170,14 @@ ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "num_heads", "mlp_dim", "voc
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 
 
-def start_from_hf(config, directory: str, workdir: str):
+def adopt_hf_model(config, directory: str, workdir: str) -> None:
     """For `init_from=hf:DIR`: sets the model's architecture fields from DIR's config.json
-    (dtype, remat and dropout stay the run's), puts DIR's SentencePiece model in the
-    workdir as the run's tokenizer, and returns (params, has_mlm_head)."""
+    (dtype, remat and dropout stay the run's) and puts DIR's SentencePiece model in the
+    workdir as the run's tokenizer. Reads no weights: a resumed run does not need them."""
     from xlm_jax.data.pipeline import TOKENIZER_FILE
     from xlm_jax.data.tokenizers import SentencePieceTokenizer
 
-    imported, params, has_head = import_xlmr(directory)
+    imported = model_config_from_hf(read_hf_config(directory), os.path.join(directory, "config.json"))
     for field in ARCHITECTURE_FIELDS:
         config.model[field] = imported[field]
     tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
@@ -191,4 +191,3 @@ def start_from_hf(config, directory: str, workdir: str):
             raise CheckpointError(f"{source} gives {tokenizer.vocab_size} ids but config.json has "
                                   f"vocab_size {imported.vocab_size}")
         tokenizer.save(tokenizer_path)
-    return params, has_head

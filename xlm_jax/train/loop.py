@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
 from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
-from xlm_jax.interop.hf import start_from_hf
+from xlm_jax.interop.hf import adopt_hf_model, import_xlmr
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
@@ -235,10 +235,9 @@ class Run:
         log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
             f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
             f"rules {config.mesh.rules!r}")
-        self.pretrained = None
         if config.init_from:
             source = config.init_from.removeprefix("hf:")
-            self.pretrained = start_from_hf(config, source, workdir)
+            adopt_hf_model(config, source, workdir)
             config_lib.validate(config)
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
@@ -261,18 +260,19 @@ class Run:
                 f"step {data_state['next_step']}, written by {data_state['process_count']} "
                 f"process(es))")
             return state
-        state = create_train_state(self.model, self.optimizer, self.config, self.mesh, self.rules,
-                                   self.shardings)
-        if self.pretrained:
-            params, has_head = self.pretrained
-            if not has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
-                params = {**params, "lm_head": jax.device_get(state.params["lm_head"])}
-            state = train_state_from_params(params, self.optimizer, self.shardings)
-            log(f"initialized from {self.config.init_from}"
-                + ("" if has_head else " (no MLM head there: a new one is trained)"))
+        if not self.config.init_from:
+            state = create_train_state(self.model, self.optimizer, self.config, self.mesh,
+                                       self.rules, self.shardings)
+            log(f"initialized {count_params(state.params):,} parameters")
             return state
-        log(f"initialized {count_params(state.params):,} parameters")
-        return state
+        _, params, has_head = import_xlmr(self.config.init_from.removeprefix("hf:"))
+        if not has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
+            fresh = create_train_state(self.model, self.optimizer, self.config, self.mesh,
+                                       self.rules, self.shardings)
+            params = {**params, "lm_head": jax.device_get(fresh.params["lm_head"])}
+        log(f"initialized from {self.config.init_from}"
+            + ("" if has_head else " (no MLM head there: a new one is trained)"))
+        return train_state_from_params(params, self.optimizer, self.shardings)
 
     def evaluate(self, params) -> dict:
         return evaluate_languages(self.eval_step, params, self.eval_sets, self.rows_sharding)
