@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlm_jax.data.pipeline import TOKENIZER_FILE
-from xlm_jax.data.tokenizers import SentencePieceTokenizer
+from xlm_jax.data.tokenizers import SENTENCEPIECE_FILE, WORDPIECE_FILE, Tokenizer, load_tokenizer, tokenizer_exists
 from xlm_jax.errors import CheckpointError
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
@@ -27,7 +26,7 @@ MASK_TEXT = "<mask>"
 class Model:
     """A trained MaskedLM with its tokenizer, on this process' devices."""
 
-    def __init__(self, config, params, tokenizer: SentencePieceTokenizer, step: int):
+    def __init__(self, config, params, tokenizer: Tokenizer, step: int):
         self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
         self._module = MaskedLM(config.model)
         self._hidden = jax.jit(lambda p, ids: self._module.apply(
@@ -38,8 +37,8 @@ class Model:
         """<s> tokens </s>, truncated to the model's length, padded to the longest."""
         limit = self.config.model.max_len - 2
         t = self.tokenizer
-        rows = [np.concatenate([[t.BOS_ID], ids[:limit], [t.EOS_ID]]) for ids in token_lists]
-        batch = np.full((len(rows), max(map(len, rows))), t.PAD_ID, np.int32)
+        rows = [np.concatenate([[t.bos_id], ids[:limit], [t.eos_id]]) for ids in token_lists]
+        batch = np.full((len(rows), max(map(len, rows))), t.pad_id, np.int32)
         for i, row in enumerate(rows):
             batch[i, :len(row)] = row
         return batch
@@ -52,7 +51,7 @@ class Model:
         """
         ids = self._batch(self.tokenizer.encode(list(texts)))
         hidden = np.asarray(self._hidden(self.params, ids)[layer], np.float32)
-        mask = (ids != self.tokenizer.PAD_ID)[..., None]
+        mask = (ids != self.tokenizer.pad_id)[..., None]
         return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
 
     def predict_masked(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
@@ -73,10 +72,10 @@ class Model:
 def load(workdir: str, step: int | None = None) -> Model:
     """The params of checkpoint `step` (default: the latest) of a run directory."""
     config = load_config(workdir)
-    tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.exists(tokenizer_path):
-        raise CheckpointError(f"{tokenizer_path} is missing: is {workdir} an xlm_jax run directory?")
-    tokenizer = SentencePieceTokenizer.load(tokenizer_path)
+    if not tokenizer_exists(workdir):
+        raise CheckpointError(f"{os.path.join(workdir, SENTENCEPIECE_FILE)} (or {WORDPIECE_FILE}) is missing: "
+                              f"is {workdir} an xlm_jax run directory?")
+    tokenizer = load_tokenizer(workdir)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     mesh = make_mesh(config.mesh)
     rules = logical_axis_rules("dp")

@@ -175,3 +175,25 @@ def test_vocab_size_must_match_the_saved_tokenizer(config, workdir, prepared):
     other.model.vocab_size = 600
     with pytest.raises(ConfigError, match=r"model.vocab_size.*tokenizer.model has 500 ids"):
         prepare_data(other, workdir, log=lambda line: None)
+
+
+def test_a_wordpiece_tokenizer_in_the_workdir_packs_bert_blocks(config, tmp_path):
+    """Continued pretraining of an mBERT: [CLS] s1 [SEP] s2 [SEP] ... blocks, [PAD]=0, [MASK] masks."""
+    from xlm_jax.data.tokenizers import save_tokenizer
+    from xlm_jax.data.wordpiece import WordPieceTokenizer
+
+    letters = sorted({c for lang in SIZES for c in open(os.path.join(config.data.corpus_dir, f"{lang}.txt"),
+                                                         encoding="utf-8").read().lower() if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    save_tokenizer(WordPieceTokenizer(vocab), tmp_path)
+    bert = config.copy_and_resolve_references()
+    bert.model.vocab_size = len(vocab)
+    data = prepare_data(bert, str(tmp_path), log=lambda line: None)
+    assert isinstance(data.tokenizer, WordPieceTokenizer) and not (tmp_path / "tokenizer.model").exists()
+    blocks = np.concatenate(data.train_blocks)
+    assert np.all(blocks[:, 0] == 2) and np.sum(blocks == 3) > 0 and blocks[-1, -1] == 0
+    assert not np.isin(blocks[:, 1:], [2, 4]).any()
+    batch = next(train_batches(data, bert, start_step=0))
+    masked = batch["masked_positions"][batch["masked_weights"] > 0]
+    assert np.sum(batch["input_ids"] == 4) > 0 and masked.min() > 0
+    assert not np.isin(batch["masked_ids"][batch["masked_weights"] > 0], [0, 1, 2, 3, 4]).any()

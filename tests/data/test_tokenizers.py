@@ -6,7 +6,8 @@ import pytest
 import sentencepiece as spm
 
 from xlm_jax.data.sampling import temperature_probs
-from xlm_jax.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer, tokenizer_path,
+                                     train_sentencepiece)
 from xlm_jax.errors import DataError
 
 LANGUAGES = ("en", "el", "ja", "hy")
@@ -32,7 +33,7 @@ def tokenizer(text):
 def test_fairseq_special_ids(tokenizer):
     assert tokenizer.vocab_size == 2000
     assert tokenizer.mask_id == 1999
-    assert (tokenizer.BOS_ID, tokenizer.PAD_ID, tokenizer.EOS_ID, tokenizer.UNK_ID) == (0, 1, 2, 3)
+    assert (tokenizer.bos_id, tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id) == (0, 1, 2, 3)
     assert tokenizer.special_ids == (0, 1, 2, 3, 1999)
     sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
     assert sp.vocab_size() == 1998
@@ -52,7 +53,7 @@ def test_unknown_characters_map_to_fairseq_unk(text):
     tokenizer = _train({lang: text[lang][:300] for lang in ("en", "el")}, vocab_size=300, byte_fallback=False,
                        input_sentence_size=1000)
     ids = tokenizer.encode(["hello ᐊᐃᐅ"])[0]    # Canadian syllabics: not in the training text
-    assert tokenizer.UNK_ID in ids.tolist()
+    assert tokenizer.unk_id in ids.tolist()
     assert tokenizer.decode(ids).strip() == "hello"       # <unk> is a special: dropped
 
 
@@ -68,7 +69,7 @@ def test_decode_inverts_encode_up_to_normalization(tokenizer, text):
 
 def test_decode_skips_specials(tokenizer):
     ids = tokenizer.encode(["Καλημέρα"])[0]
-    with_specials = [tokenizer.BOS_ID, *ids, tokenizer.EOS_ID, tokenizer.mask_id, tokenizer.PAD_ID]
+    with_specials = [tokenizer.bos_id, *ids, tokenizer.eos_id, tokenizer.mask_id, tokenizer.pad_id]
     assert tokenizer.decode(with_specials) == "Καλημέρα"
     with pytest.raises(DataError, match="outside this tokenizer's vocabulary of 2000"):
         tokenizer.decode([5, 2000])
@@ -91,6 +92,24 @@ def test_load_errors(tmp_path):
     garbage.write_bytes(b"\x00\x01 definitely not a protobuf \xff" * 10)
     with pytest.raises(DataError, match=r"garbage\.model: not a serialized SentencePiece model"):
         SentencePieceTokenizer.load(str(garbage))
+
+
+def test_run_directory_file(tokenizer, tmp_path):
+    assert save_tokenizer(tokenizer, tmp_path / "run") == tmp_path / "run" / "tokenizer.model"
+    assert tokenizer_path(tmp_path / "run") == tmp_path / "run" / "tokenizer.model"
+    loaded = load_tokenizer(tmp_path / "run")
+    assert isinstance(loaded, SentencePieceTokenizer) and loaded.model_proto == tokenizer.model_proto
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["tokenizer.model"]
+
+
+def test_special_token_text_maps_to_their_ids(tokenizer):
+    """As transformers' XLMRobertaTokenizer: `<mask>` swallows the whitespace before it."""
+    hello = tokenizer.encode(["hello"])[0].tolist()
+    world = tokenizer.encode(["world"])[0].tolist()
+    got = tokenizer.encode(["<s>hello  <mask>world</s><pad><unk>"])[0].tolist()
+    assert got == [0, *hello, tokenizer.mask_id, *world, 2, 1, 3]
+    assert tokenizer.encode(["  <mask>"])[0].tolist() == [tokenizer.mask_id]
+    assert tokenizer.mask_id not in tokenizer.encode(["<masked> <Mask>"])[0]
 
 
 def test_training_is_deterministic(text):

@@ -10,16 +10,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
-from etils import epath
 
 from xlm_jax.data.examples import pack_stream
 from xlm_jax.data.masking import mask_example, max_predictions
 from xlm_jax.data.sampling import sampling_table, temperature_probs
 from xlm_jax.data.sources import load_corpus
-from xlm_jax.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from xlm_jax.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_path, train_sentencepiece
 from xlm_jax.errors import ConfigError
 
-TOKENIZER_FILE = "tokenizer.model"
 _SAMPLE_STREAM, _MASK_STREAM, _EVAL_STREAM = 0, 1, 2
 _EVAL_SEED = 20_200_101      # fixed, not train.seed: runs with different seeds see the same eval batches
 _EVAL_DIVISOR = 10           # hold out at most a tenth of a language
@@ -31,7 +29,7 @@ class PretrainData:
     probs: list[float]                   # q_i aligned with languages
     train_blocks: list[np.ndarray]       # per language [N_i, seq_len] int32
     eval_blocks: list[np.ndarray]        # per language; [0, seq_len] when too small to hold out text
-    tokenizer: SentencePieceTokenizer
+    tokenizer: Tokenizer
     counts: dict[str, int]               # training sentences per language (the n_i of q_i)
 
 
@@ -43,18 +41,15 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     languages = sorted(lang for lang, sentences in corpus.mono.items() if sentences)
     train_text, eval_text = {}, {}
     for lang in languages:
-        sentences = corpus.mono[lang]
-        held_out = min(d.eval_sentences_per_language, len(sentences) // _EVAL_DIVISOR)
-        train_text[lang] = sentences[:len(sentences) - held_out]
-        eval_text[lang] = sentences[len(sentences) - held_out:]
+        train_text[lang], eval_text[lang] = split_held_out(corpus.mono[lang], d)
     counts = {lang: len(train_text[lang]) for lang in languages}
     probs = temperature_probs(counts, d.alpha)
     log("language sampling:\n" + sampling_table(counts, d.alpha))
     tokenizer = _tokenizer(config, workdir, train_text, probs, log)
 
     def blocks(sentences):
-        return pack_stream(tokenizer.encode(sentences), d.seq_len, tokenizer.BOS_ID, tokenizer.EOS_ID,
-                           tokenizer.PAD_ID)
+        return pack_stream(tokenizer.encode(sentences), d.seq_len, tokenizer.bos_id, tokenizer.eos_id,
+                           tokenizer.pad_id)
 
     train_blocks = [blocks(train_text[lang]) for lang in languages]
     eval_blocks = [blocks(eval_text[lang]) for lang in languages]
@@ -67,11 +62,18 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
                         train_blocks=train_blocks, eval_blocks=eval_blocks, tokenizer=tokenizer, counts=counts)
 
 
-def _tokenizer(config, workdir, train_text, probs, log) -> SentencePieceTokenizer:
-    """The run's tokenizer: loaded from the workdir when there (a resume must not retrain), else trained."""
-    path = epath.Path(workdir) / TOKENIZER_FILE if workdir else None
-    if path and path.exists():
-        tokenizer = SentencePieceTokenizer.load(path)
+def split_held_out(sentences: list[str], data_config) -> tuple[list[str], list[str]]:
+    """(train, held-out) text of one language: the last `eval_sentences_per_language`, at most
+    a tenth of it, is never trained on (nor used to train tokenizers)."""
+    held_out = min(data_config.eval_sentences_per_language, len(sentences) // _EVAL_DIVISOR)
+    return sentences[:len(sentences) - held_out], sentences[len(sentences) - held_out:]
+
+
+def _tokenizer(config, workdir, train_text, probs, log) -> Tokenizer:
+    """The run's tokenizer: loaded from the workdir when there (a resume must not retrain, and
+    init_from puts the imported model's SentencePiece or WordPiece tokenizer there), else trained."""
+    if workdir and tokenizer_path(workdir):
+        tokenizer, path = load_tokenizer(workdir), tokenizer_path(workdir)
         if tokenizer.vocab_size != config.model.vocab_size:
             raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but the run's "
                               f"tokenizer {path} has {tokenizer.vocab_size} ids; set "
@@ -85,10 +87,8 @@ def _tokenizer(config, workdir, train_text, probs, log) -> SentencePieceTokenize
                                     seed=config.train.seed)
     log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece unigram model on "
         f"{d.tokenizer_sentences:,} sampled sentences")
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(path)
-        log(f"tokenizer: saved {path}")
+    if workdir:
+        log(f"tokenizer: saved {save_tokenizer(tokenizer, workdir)}")
     return tokenizer
 
 

@@ -1,26 +1,52 @@
-"""SentencePiece with the XLM-R / fairseq id layout, so XLM-R's own model loads unchanged.
+"""Tokenizers: the interface the pipeline needs, SentencePiece (XLM-R), and the run's tokenizer file.
 
+SentencePiece uses the XLM-R / fairseq id layout, so XLM-R's own model loads unchanged:
 fairseq puts `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 first, shifts every other SentencePiece
-id by one and appends `<mask>`: XLM-R's 250,000 pieces become 250,002 ids.
+id by one and appends `<mask>`: XLM-R's 250,000 pieces become 250,002 ids. mBERT's
+WordPiece lives in wordpiece.py; a run directory holds one of the two files below.
 """
 import io
 import itertools
+import json
 import os
 import re
 import uuid
+from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
 from etils import epath
 
-from xlm_jax.errors import DataError
+from xlm_jax.data.wordpiece import WordPieceTokenizer
+from xlm_jax.errors import CheckpointError, DataError
 
 _ENCODE_CHUNK = 65_536   # sentences per sp.encode call: bounds the Python int lists in memory
+SENTENCEPIECE_FILE = "tokenizer.model"             # the serialized SentencePiece model
+WORDPIECE_FILE = "tokenizer.wordpiece.json"        # {"format", "vocab": [...], BertTokenizer options}
+_WORDPIECE_FORMAT = "xlm_jax.wordpiece/1"
+_XLMR_SPECIAL_TEXT = re.compile(r"(\s*<mask>|<s>|</s>|<pad>|<unk>)")   # <mask> is lstrip=True in transformers
+
+
+class Tokenizer(Protocol):
+    """What the pipeline, the masking and the api use; encode adds no bos/eos."""
+    bos_id: int          # <s> / [CLS]: starts every packed block
+    eos_id: int          # </s> / [SEP]: ends every sentence
+    pad_id: int
+    unk_id: int
+    mask_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]   # never masked, dropped by decode
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]: ...
+
+    def decode(self, ids) -> str: ...
+
+    def id_to_piece(self, token_id: int) -> str: ...
 
 
 class SentencePieceTokenizer:
     """A SentencePiece model that speaks fairseq ids (no `<s>`/`</s>` added by encode)."""
-    BOS_ID = 0
+    BOS_ID = 0           # the fairseq layout as class constants; callers use the instance properties
     PAD_ID = 1
     EOS_ID = 2
     UNK_ID = 3
@@ -52,10 +78,29 @@ class SentencePieceTokenizer:
 
     def save(self, path) -> None:
         """Writes a temp file and renames it, so a killed run never leaves half a model."""
-        path = epath.Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(self.model_proto)
-        tmp.replace(path)
+        _atomic_write(epath.Path(path), self.model_proto)
+
+    @property
+    def byte_fallback(self) -> bool:
+        """Whether characters outside the vocabulary become byte pieces (else `<unk>`)."""
+        from sentencepiece import sentencepiece_model_pb2
+        return sentencepiece_model_pb2.ModelProto.FromString(self.model_proto).trainer_spec.byte_fallback
+
+    @property
+    def bos_id(self) -> int:
+        return self.BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return self.EOS_ID
+
+    @property
+    def pad_id(self) -> int:
+        return self.PAD_ID
+
+    @property
+    def unk_id(self) -> int:
+        return self.UNK_ID
 
     @property
     def vocab_size(self) -> int:
@@ -70,7 +115,27 @@ class SentencePieceTokenizer:
         return (self.BOS_ID, self.PAD_ID, self.EOS_ID, self.UNK_ID, self.mask_id)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """int32 fairseq ids per text, encoded on all cores and mapped in one numpy gather."""
+        """int32 fairseq ids per text, encoded on all cores and mapped in one numpy gather.
+
+        As transformers' XLMRobertaTokenizer: `<s>`, `</s>`, `<pad>`, `<unk>` and `<mask>` written
+        in a text are those tokens (`<mask>` swallowing the whitespace before it), and the text
+        between them is encoded piece by piece.
+        """
+        texts = list(texts)
+        out = self._encode_plain(texts)
+        for i, text in enumerate(texts):
+            if "<" in text and len(parts := _XLMR_SPECIAL_TEXT.split(text)) > 1:
+                ids = [[self._special_text_ids[part.lstrip()]] if j % 2 else self._encode_plain([part])[0]
+                       for j, part in enumerate(parts) if part]
+                out[i] = np.concatenate(ids).astype(np.int32)
+        return out
+
+    @property
+    def _special_text_ids(self) -> dict[str, int]:
+        return {"<s>": self.BOS_ID, "<pad>": self.PAD_ID, "</s>": self.EOS_ID, "<unk>": self.UNK_ID,
+                "<mask>": self.mask_id}
+
+    def _encode_plain(self, texts: list[str]) -> list[np.ndarray]:
         out = []
         for start in range(0, len(texts), _ENCODE_CHUNK):
             pieces = self._sp.encode(list(texts[start:start + _ENCODE_CHUNK]), out_type=int,
@@ -94,6 +159,177 @@ class SentencePieceTokenizer:
             raise DataError(f"token id {bad[0]} is outside this tokenizer's vocabulary of {self.vocab_size}")
         ids = ids[~np.isin(ids, self.special_ids)]
         return self._sp.decode((ids - 1).tolist())
+
+
+def _atomic_write(path: epath.Path, data: bytes) -> None:
+    """Writes a temp file and renames it, so a killed run never leaves half a file."""
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _tokenizer_files(workdir) -> list[epath.Path]:
+    return [p for p in (epath.Path(workdir) / SENTENCEPIECE_FILE, epath.Path(workdir) / WORDPIECE_FILE)
+            if p.exists()]
+
+
+def tokenizer_path(workdir) -> epath.Path | None:
+    """The run directory's tokenizer file (either kind), None when it has none."""
+    files = _tokenizer_files(workdir)
+    return files[0] if files else None
+
+
+def tokenizer_exists(workdir) -> bool:
+    """Whether the run directory holds a tokenizer (either kind)."""
+    return bool(_tokenizer_files(workdir))
+
+
+def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
+    """Writes the run's tokenizer file atomically: tokenizer.model or tokenizer.wordpiece.json."""
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        path, data = workdir / SENTENCEPIECE_FILE, tokenizer.model_proto
+    elif isinstance(tokenizer, WordPieceTokenizer):
+        path = workdir / WORDPIECE_FILE
+        data = json.dumps({"format": _WORDPIECE_FORMAT, **tokenizer.options, "vocab": tokenizer.vocab},
+                          ensure_ascii=False).encode("utf-8")
+    else:
+        raise TypeError(f"cannot save a {type(tokenizer).__name__}; xlm_jax saves SentencePieceTokenizer "
+                        "and WordPieceTokenizer")
+    other = workdir / (WORDPIECE_FILE if path.name == SENTENCEPIECE_FILE else SENTENCEPIECE_FILE)
+    if other.exists():
+        raise DataError(f"{other} already holds this run's tokenizer; use a new workdir for another one")
+    _atomic_write(path, data)
+    return path
+
+
+def load_tokenizer(workdir) -> Tokenizer:
+    """The run's tokenizer: DataError naming the file when it is missing, ambiguous or damaged."""
+    files = _tokenizer_files(workdir)
+    if not files:
+        raise DataError(f"no tokenizer in {workdir}: expected {epath.Path(workdir) / SENTENCEPIECE_FILE} "
+                        f"(SentencePiece) or {epath.Path(workdir) / WORDPIECE_FILE} (WordPiece)")
+    if len(files) > 1:
+        raise DataError(f"{workdir} holds two tokenizers, {files[0].name} and {files[1].name}; "
+                        "delete the one the run did not use")
+    path = files[0]
+    if path.name == SENTENCEPIECE_FILE:
+        return SentencePieceTokenizer.load(path)
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(state, dict) or state.get("format") != _WORDPIECE_FORMAT:
+            raise ValueError(f"no \"format\": \"{_WORDPIECE_FORMAT}\"")
+        return WordPieceTokenizer(state["vocab"], do_lower_case=state["do_lower_case"],
+                                  strip_accents=state["strip_accents"],
+                                  tokenize_chinese_chars=state["tokenize_chinese_chars"])
+    except (ValueError, KeyError, TypeError, DataError) as e:   # JSON and UTF-8 errors are ValueErrors
+        raise DataError(f"{path} is not an xlm_jax WordPiece tokenizer ({e}); delete it to train a new "
+                        "tokenizer, or write it with save_tokenizer") from None
+
+
+# --- transformers tokenizer files ------------------------------------------------------------
+
+HF_SENTENCEPIECE_FILE = "sentencepiece.bpe.model"   # XLM-R: XLMRobertaTokenizer(Fast)
+HF_VOCAB_FILE = "vocab.txt"                          # BERT / mBERT: BertTokenizer(Fast)
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+_XLMR_SPECIALS = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                      pad_token="<pad>", mask_token="<mask>")
+_BERT_SPECIALS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+                      mask_token="[MASK]")
+_BERT_OPTIONS = dict(do_lower_case=True, strip_accents=None, tokenize_chinese_chars=True)   # BertTokenizer's
+
+
+def _read_hf_tokenizer_config(directory: epath.Path) -> dict:
+    path = directory / HF_TOKENIZER_CONFIG
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def tokenizer_from_hf_directory(directory) -> Tokenizer:
+    """The tokenizer of a transformers model directory, giving the ids transformers gives.
+
+    XLM-R: sentencepiece.bpe.model (fairseq layout, <mask> last). BERT / mBERT: vocab.txt with
+    tokenizer_config.json's do_lower_case, strip_accents and tokenize_chinese_chars (defaults as
+    BertTokenizer's: lowercasing on, so a cased model's directory must say do_lower_case=false).
+    """
+    directory = epath.Path(directory)
+    if (directory / HF_SENTENCEPIECE_FILE).exists():
+        return SentencePieceTokenizer.load(directory / HF_SENTENCEPIECE_FILE)
+    vocab = directory / HF_VOCAB_FILE
+    if not vocab.exists():
+        raise CheckpointError(f"{directory} has neither {HF_SENTENCEPIECE_FILE} (XLM-R SentencePiece) nor "
+                              f"{HF_VOCAB_FILE} (BERT WordPiece): copy the model's tokenizer files beside its "
+                              "weights (a tokenizer.json alone is not read)")
+    config = _read_hf_tokenizer_config(directory)
+    if not config.get("do_basic_tokenize", True):
+        raise DataError(f"{directory / HF_TOKENIZER_CONFIG}: do_basic_tokenize=false is not supported")
+    names = {key: config[key] if isinstance(config.get(key), str) else (config.get(key) or {}).get("content")
+             for key in _BERT_SPECIALS if key in config}
+    odd = {key: name for key, name in names.items() if name != _BERT_SPECIALS[key]}
+    if odd:
+        raise DataError(f"{directory / HF_TOKENIZER_CONFIG}: special tokens {odd} differ from BERT's "
+                        f"{_BERT_SPECIALS}, which xlm_jax's WordPieceTokenizer uses")
+    options = {key: config.get(key, default) for key, default in _BERT_OPTIONS.items()}
+    return WordPieceTokenizer.from_vocab_file(vocab, **options)
+
+
+def _write_byte_fallback_tokenizer_json(directory: epath.Path) -> None:
+    """tokenizer.json for XLMRobertaTokenizerFast: transformers' conversion plus byte fallback
+    (ids then equal the slow tokenizer's, checked in tests/interop/test_tokenizer_parity.py)."""
+    try:
+        from transformers import XLMRobertaTokenizerFast
+    except ImportError:    # without transformers there is no converter; the slow tokenizer still matches
+        return
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*byte fallback.*")
+        fast = XLMRobertaTokenizerFast.from_pretrained(os.fspath(directory))   # as AutoTokenizer converts
+    state = json.loads(fast.backend_tokenizer.to_str())
+    state["model"]["byte_fallback"] = True
+    state["decoder"] = {"type": "Sequence", "decoders": [   # as transformers' Llama converter
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+        {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    _atomic_write(directory / "tokenizer.json", json.dumps(state, ensure_ascii=False).encode("utf-8"))
+
+
+def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_length: int | None = None) -> None:
+    """The files `transformers.AutoTokenizer.from_pretrained(directory)` loads into this tokenizer.
+
+    SentencePiece: sentencepiece.bpe.model for XLMRobertaTokenizer; WordPiece: vocab.txt for
+    BertTokenizer, with its options. Plus tokenizer_config.json and special_tokens_map.json.
+    The fast tokenizer is converted from these by transformers when loaded, except for a
+    SentencePiece model with byte fallback: transformers' XLM-R converter drops byte fallback
+    (unseen characters would become <unk>), so a tokenizer.json with it is written too.
+    """
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        _atomic_write(directory / HF_SENTENCEPIECE_FILE, tokenizer.model_proto)
+        specials, config = _XLMR_SPECIALS, {"tokenizer_class": "XLMRobertaTokenizer"}
+    elif isinstance(tokenizer, WordPieceTokenizer):
+        broken = [token for token in tokenizer.vocab if "\n" in token or "\r" in token]
+        if broken:
+            raise DataError(f"WordPiece token {broken[0]!r} cannot be written as one line of {HF_VOCAB_FILE}")
+        _atomic_write(directory / HF_VOCAB_FILE, "".join(f"{token}\n" for token in tokenizer.vocab).encode("utf-8"))
+        specials, config = _BERT_SPECIALS, {"tokenizer_class": "BertTokenizer", **tokenizer.options}
+    else:
+        raise TypeError(f"cannot export a {type(tokenizer).__name__}; xlm_jax exports SentencePieceTokenizer "
+                        "and WordPieceTokenizer")
+    config.update(specials)
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    for name, content in ((HF_TOKENIZER_CONFIG, config), ("special_tokens_map.json", specials)):
+        _atomic_write(directory / name, json.dumps(content, indent=2, ensure_ascii=False).encode("utf-8"))
+    if isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.byte_fallback:
+        _write_byte_fallback_tokenizer_json(directory)
 
 
 def _training_sentences(sentences_by_language, probs, count: int, seed: int):
