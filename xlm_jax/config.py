@@ -13,13 +13,13 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 SCHEDULES = ("linear", "polynomial", "constant")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
-MODES = ("train", "evaluate")
+MODES = ("train", "evaluate", "export_hf")
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field xlm_jax reads, with defaults that run anywhere."""
     c = ml_collections.ConfigDict()
-    c.init_from = ""                 # "hf:DIR": start from a transformers XLM-R directory
+    c.init_from = ""                 # "hf:DIR": start from a transformers XLM-R or BERT directory
 
     c.model = m = ml_collections.ConfigDict()
     m.num_layers = 2
@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.type_vocab_size = 1        # XLM-R: 1, BERT: 2
     m.num_languages = 0          # > 0 adds XLM-style language embeddings (off for XLM-R)
     m.position_offset = 2        # fairseq: positions start at pad_token_id + 1; BERT: 0
+    m.pooler = False             # BERT-style pooler (dense + tanh on the first token); kept, not trained, by MLM
     m.pad_token_id = 1
     m.layer_norm_eps = 1e-5
     m.dropout_rate = 0.1
@@ -55,6 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
     d.character_coverage = 0.9995
     d.byte_fallback = True
+    d.extend_vocab_pieces = 0    # with init_from: > 0 appends the new pieces of a unigram model of
+                                 # this many pieces trained on the corpus to the imported vocabulary
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000
@@ -114,7 +117,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)]
     _require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
     _require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
-             f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R directory) or \"\"")
+             f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R or BERT directory) or \"\"")
     for section in sections:
         _require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
         for name in expected[section]:
@@ -136,12 +139,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive(config, field)
     for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",
                   "model.num_languages", "data.max_sentences_per_language",
-                  "data.eval_sentences_per_language", "data.max_eval_languages", "model.dropout_rate",
+                  "data.eval_sentences_per_language", "data.max_eval_languages", "data.extend_vocab_pieces",
+                  "model.dropout_rate",
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
 
     _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
+    _require(isinstance(m.pooler, bool), "model.pooler", f"got {m.pooler!r}; must be True or False")
+    _require(m.position_offset in (0, m.pad_token_id + 1), "model.position_offset",
+             f"got {m.position_offset}; use {m.pad_token_id + 1} (fairseq/XLM-R positions after "
+             f"pad_token_id={m.pad_token_id}) or 0 (BERT positions from 0)")
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
     _require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
     _require(d.seq_len <= m.max_len, "data.seq_len",
@@ -151,6 +159,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
              "mask_token_prob + random_token_prob must lie in [0, 1]")
     _require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
+    _require(not d.extend_vocab_pieces or config.init_from, "data.extend_vocab_pieces",
+             f"got {d.extend_vocab_pieces}, but vocabulary extension adds to an imported model's "
+             "vocabulary: set --config.init_from=hf:DIR, or leave extend_vocab_pieces at 0 (a run from "
+             "scratch trains its own tokenizer of model.vocab_size ids on the corpus)")
     for beta in ("b1", "b2"):
         _require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
                  f"got {t[beta]!r}; Adam betas must be in [0, 1)")

@@ -1,6 +1,7 @@
 """Command line: `python -m xlm_jax.main --config=configs/demo.py --workdir=DIR [--mode=...]`.
 
-Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
+Modes: train, evaluate, and export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
+checkpoint as a transformers directory; needs no --config). Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
 tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
 """
@@ -19,12 +20,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, tokenizer.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do with the run.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=export_hf: the transformers directory to write.")
+_STEP = flags.DEFINE_integer("step", None, "--mode=export_hf: the checkpoint step (default: latest).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process' index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Detect a TPU pod / SLURM / MPI cluster and join it.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -37,6 +40,14 @@ def main(argv):
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            auto=_DISTRIBUTED.value)
     try:
+        if _MODE.value == "export_hf":
+            if not _EXPORT_DIR.value:
+                raise XlmJaxError("--mode=export_hf needs --export_dir=DIR (a new directory to write)")
+            from xlm_jax.interop.hf import export_run
+            print(export_run(_WORKDIR.value, _EXPORT_DIR.value, _STEP.value))
+            return
+        if _CONFIG.value is None:
+            raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
         if _MODE.value == "train":
             from xlm_jax.train.loop import train_and_evaluate
             train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -36,6 +36,23 @@ class MaskedLMHead(nn.Module):
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
+class Pooler(nn.Module):
+    """BERT's pooler: dense + tanh on the first token ([CLS] / <s>), for sentence-level heads.
+
+    MLM does not train it; it is kept so that imported mBERT / XLM-R poolers survive a
+    round of continued pretraining and export unchanged.
+    """
+    config: Any
+
+    @nn.compact
+    def __call__(self, hidden):
+        c = self.config
+        dense = nn.Dense(c.hidden_size, dtype=jnp.dtype(c.dtype), param_dtype=jnp.float32,
+                         kernel_init=param_with_axes(dense_init(c), ("embed", None)),
+                         bias_init=param_with_axes(nn.initializers.zeros, (None,)), name="dense")
+        return jnp.tanh(dense(hidden[:, 0]))
+
+
 class MaskedLM(nn.Module):
     """XLM-R for masked LM. The vocabulary projection runs only at `masked_positions`.
 
@@ -48,6 +65,8 @@ class MaskedLM(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.config)
         self.lm_head = MaskedLMHead(self.config)
+        if self.config.pooler:
+            self.pooler = Pooler(self.config)
 
     def __call__(self, input_ids, masked_positions=None, *, attention_mask=None,
                  token_type_ids=None, position_ids=None, language_ids=None,
@@ -55,7 +74,16 @@ class MaskedLM(nn.Module):
         hidden, all_hidden = self.encoder(
             input_ids, attention_mask, token_type_ids, position_ids, language_ids,
             deterministic, output_hidden_states)
+        if self.config.pooler and self.is_initializing():
+            self.pooler(hidden)  # creates its params; training never calls it
         if masked_positions is not None:
             hidden = gather_positions(hidden, masked_positions)
         logits = self.lm_head(hidden, self.encoder.embeddings)
         return (logits, all_hidden) if output_hidden_states else logits
+
+    def pooled(self, input_ids, *, attention_mask=None, token_type_ids=None):
+        """The pooler's output [batch, hidden] (model.pooler must be on)."""
+        if not self.config.pooler:
+            raise ValueError("this model has no pooler (model.pooler is False)")
+        hidden, _ = self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.pooler(hidden)

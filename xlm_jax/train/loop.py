@@ -18,7 +18,8 @@ from jax.experimental import multihost_utils
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
 from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
-from xlm_jax.interop.hf import adopt_hf_model, import_xlmr
+from xlm_jax.interop.hf import adopt_hf_model, import_hf
+from xlm_jax.interop.vocab import adopt_vocab_extension, extend_params
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
@@ -74,6 +75,17 @@ def check_batch_layout(config, mesh, rules) -> None:
 def to_global(local_batch: dict, sharding) -> dict:
     """This process' rows -> one global jax.Array per key, sharded over the mesh."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def extend_vocab_once_per_workdir(config, source, workdir, resuming: bool):
+    """Process 0 extends (or finds) the workdir's tokenizer first; the others then read it."""
+    multihost_utils.sync_global_devices("imported tokenizer in place")
+    if jax.process_index() == 0:
+        tokenizers = adopt_vocab_extension(config, source, workdir, resuming=resuming, log=log)
+    multihost_utils.sync_global_devices("vocabulary extended")
+    if jax.process_index() != 0:
+        tokenizers = adopt_vocab_extension(config, source, workdir, resuming=resuming, log=lambda _: None)
+    return tokenizers
 
 
 def prepare_data_once_per_workdir(config, workdir):
@@ -235,9 +247,13 @@ class Run:
         log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
             f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
             f"rules {config.mesh.rules!r}")
+        self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
+        self.vocab_extension = None  # (imported tokenizer, extended tokenizer) with data.extend_vocab_pieces
         if config.init_from:
             source = config.init_from.removeprefix("hf:")
             adopt_hf_model(config, source, workdir)
+            self.vocab_extension = extend_vocab_once_per_workdir(
+                config, source, workdir, resuming=self.checkpoints.latest_step() is not None)
             config_lib.validate(config)
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
@@ -247,7 +263,6 @@ class Run:
         self.abstract_state, self.shardings = state_shardings(
             self.model, self.optimizer, config, self.mesh, self.rules)
         self.rows_sharding = batch_sharding(self.mesh, self.rules)
-        self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
         self.eval_step = make_eval_step(self.model, self.mesh, self.rules, self.shardings.params,
                                         self.rows_sharding)
         self.eval_sets = eval_sets(self.data, config)
@@ -265,13 +280,17 @@ class Run:
                                        self.rules, self.shardings)
             log(f"initialized {count_params(state.params):,} parameters")
             return state
-        _, params, has_head = import_xlmr(self.config.init_from.removeprefix("hf:"))
-        if not has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
+        imported = import_hf(self.config.init_from.removeprefix("hf:"))
+        params = imported.params
+        if self.vocab_extension:  # new rows: means of their pieces' old-tokenization rows
+            params = extend_params(params, *self.vocab_extension)
+        if not imported.has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
             fresh = create_train_state(self.model, self.optimizer, self.config, self.mesh,
                                        self.rules, self.shardings)
             params = {**params, "lm_head": jax.device_get(fresh.params["lm_head"])}
         log(f"initialized from {self.config.init_from}"
-            + ("" if has_head else " (no MLM head there: a new one is trained)"))
+            + ("" if imported.has_head else " (no MLM head there: a new one is trained)")
+            + (f"; left out {', '.join(imported.dropped)}" if imported.dropped else ""))
         return train_state_from_params(params, self.optimizer, self.shardings)
 
     def evaluate(self, params) -> dict:

@@ -19,10 +19,13 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
 
 
 def weight_decay_mask(params):
-    """Decay matrices and embeddings; never biases or LayerNorm scales (BERT/HF convention)."""
+    """Decay matrices and embeddings; never biases or LayerNorm scales (BERT/HF convention).
+
+    Nor the pooler: MLM gives it no gradient, so decoupled decay alone would shrink it.
+    """
     flat = flax.traverse_util.flatten_dict(params)
     return flax.traverse_util.unflatten_dict(
-        {path: path[-1] not in ("bias", "scale") for path in flat})
+        {path: path[-1] not in ("bias", "scale") and path[0] != "pooler" for path in flat})
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
