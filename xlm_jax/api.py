@@ -5,13 +5,12 @@
     vectors = model.encode(["Hallo Welt", "Hello world"])        # [2, hidden], mean-pooled
     model.predict_masked("The capital of France is <mask>.")    # [(piece, prob), ...] per <mask>
 """
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlm_jax.data.tokenizers import SENTENCEPIECE_FILE, WORDPIECE_FILE, Tokenizer, load_tokenizer, tokenizer_exists
+from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, load_tokenizer, tokenizer_exists
 from xlm_jax.errors import CheckpointError
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
@@ -73,8 +72,8 @@ def load(workdir: str, step: int | None = None) -> Model:
     """The params of checkpoint `step` (default: the latest) of a run directory."""
     config = load_config(workdir)
     if not tokenizer_exists(workdir):
-        raise CheckpointError(f"{os.path.join(workdir, SENTENCEPIECE_FILE)} (or {WORDPIECE_FILE}) is missing: "
-                              f"is {workdir} an xlm_jax run directory?")
+        raise CheckpointError(f"{workdir} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): is it an xlm_jax "
+                              "run directory?")
     tokenizer = load_tokenizer(workdir)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     mesh = make_mesh(config.mesh)

@@ -1,7 +1,9 @@
 """Command line: `python -m xlm_jax.main --config=configs/demo.py --workdir=DIR [--mode=...]`.
 
-Modes: train, evaluate, and export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
-checkpoint as a transformers directory; needs no --config). Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
+Modes: train, evaluate, export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
+checkpoint as a transformers directory; needs no --config), and train_tokenizer (the run's
+tokenizer, `data.tokenizer` = unigram | bpe | bytes, with a per-language fertility report).
+Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
 tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
 """
@@ -36,10 +38,16 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
-    from xlm_jax.parallel.mesh import initialize_distributed
-    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           auto=_DISTRIBUTED.value)
     try:
+        if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
+            if _CONFIG.value is None:
+                raise XlmJaxError("--mode=train_tokenizer needs --config=configs/<recipe>.py")
+            from xlm_jax.data.tokenizer_report import train_tokenizer
+            train_tokenizer(_CONFIG.value, _WORKDIR.value)
+            return
+        from xlm_jax.parallel.mesh import initialize_distributed
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               auto=_DISTRIBUTED.value)
         if _MODE.value == "export_hf":
             if not _EXPORT_DIR.value:
                 raise XlmJaxError("--mode=export_hf needs --export_dir=DIR (a new directory to write)")

@@ -128,3 +128,66 @@ def test_vocab_too_large_for_the_text(text):
 def test_vocab_too_small_for_the_alphabet(text):
     with pytest.raises(DataError, match=r"model.vocab_size=300 is too small.*need at least \d+"):
         _train(text, vocab_size=300, input_sentence_size=500)
+
+
+# --- BPE and bytes ---------------------------------------------------------------------------
+
+def test_bpe_has_the_fairseq_layout_and_round_trips(text):
+    from sentencepiece import sentencepiece_model_pb2
+    from xlm_jax.data.tokenizers import tokenizer_kind
+    bpe = _train(text, vocab_size=2000, model_type="bpe")
+    proto = sentencepiece_model_pb2.ModelProto.FromString(bpe.model_proto)
+    assert proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE
+    assert tokenizer_kind(bpe) == "bpe"
+    assert (bpe.vocab_size, bpe.mask_id, bpe.special_ids) == (2000, 1999, (0, 1, 2, 3, 1999))
+    sp = spm.SentencePieceProcessor(model_proto=bpe.model_proto)
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    sentences = [text[lang][5] for lang in LANGUAGES]
+    for sentence, ids in zip(sentences, bpe.encode(sentences)):
+        assert ids.dtype == np.int32 and len(ids) and ids.min() > 3 and ids.max() < 1999
+        assert bpe.decode(ids) == unicodedata.normalize("NFKC", sentence).strip()
+
+
+def test_unknown_model_type_is_refused(text):
+    with pytest.raises(ValueError, match="model_type"):
+        _train(text, model_type="char")
+
+
+def test_byte_ids_are_fairseq_specials_then_bytes_then_mask():
+    from xlm_jax.data.tokenizers import ByteTokenizer
+    tok = ByteTokenizer()
+    assert (tok.bos_id, tok.pad_id, tok.eos_id, tok.unk_id, tok.mask_id, tok.vocab_size) == (0, 1, 2, 3, 260, 261)
+    assert tok.special_ids == (0, 1, 2, 3, 260)
+    [ids] = tok.encode(["é"])                      # U+00E9 is C3 A9 in UTF-8
+    assert ids.dtype == np.int32 and ids.tolist() == [0xC3 + 4, 0xA9 + 4]
+    assert [tok.id_to_piece(i) for i in ids] == ["<0xC3>", "<0xA9>"]
+    assert [tok.id_to_piece(i) for i in (0, 1, 2, 3, 4, 259, 260)] == [
+        "<s>", "<pad>", "</s>", "<unk>", "<0x00>", "<0xFF>", "<mask>"]
+    assert tok.encode(["a <mask>."])[0].tolist() == [ord("a") + 4, 260, ord(".") + 4]   # as XLM-R's lstrip
+    assert tok.decode([0, 0xC3 + 4, 0xA9 + 4, 2, 1]) == "é"
+    assert tok.decode([0xC3 + 4]) == "\ufffd"       # half a character decodes, replaced
+    with pytest.raises(DataError, match="261"):
+        tok.decode([261])
+
+
+def test_bytes_round_trip_every_script(shared_data):
+    from xlm_jax.data.tokenizers import ByteTokenizer
+    tok = ByteTokenizer()
+    for path in sorted((shared_data / "mono").glob("*.txt")):
+        lines = path.read_text(encoding="utf-8").split("\n")[:200]
+        encoded = tok.encode(lines)
+        assert [tok.decode(ids) for ids in encoded] == lines, path.name
+        assert [len(ids) for ids in encoded] == [len(line.encode("utf-8")) for line in lines]
+
+
+def test_byte_tokenizer_saves_and_loads(tmp_path, tokenizer):
+    from xlm_jax.data.tokenizers import BYTES_FILE, ByteTokenizer
+    path = save_tokenizer(ByteTokenizer(), tmp_path)
+    assert path == tmp_path / BYTES_FILE and tokenizer_path(tmp_path) == path
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, ByteTokenizer) and loaded.encode(["Ω"])[0].tolist() == [0xCE + 4, 0xA9 + 4]
+    with pytest.raises(DataError, match="already holds"):
+        save_tokenizer(tokenizer, tmp_path)       # one tokenizer per workdir
+    path.write_text('{"format": "other"}')
+    with pytest.raises(DataError, match="not an xlm_jax byte tokenizer"):
+        load_tokenizer(tmp_path)

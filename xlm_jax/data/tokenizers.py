@@ -1,9 +1,11 @@
-"""Tokenizers: the interface the pipeline needs, SentencePiece (XLM-R), and the run's tokenizer file.
+"""Tokenizers: the interface the pipeline needs, SentencePiece (XLM-R), bytes, and the run's tokenizer file.
 
-SentencePiece uses the XLM-R / fairseq id layout, so XLM-R's own model loads unchanged:
-fairseq puts `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 first, shifts every other SentencePiece
-id by one and appends `<mask>`: XLM-R's 250,000 pieces become 250,002 ids. mBERT's
-WordPiece lives in wordpiece.py; a run directory holds one of the two files below.
+SentencePiece (unigram as XLM-R, or BPE) uses the XLM-R / fairseq id layout, so XLM-R's
+own model loads unchanged: fairseq puts `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 first, shifts
+every other SentencePiece id by one and appends `<mask>`: XLM-R's 250,000 pieces become
+250,002 ids. The byte tokenizer keeps that layout around the 256 UTF-8 byte values (261
+ids, as the byte-level models of "Measuring Cross-lingual Transfer in Bytes"). mBERT's
+WordPiece lives in wordpiece.py; a run directory holds one of the three files below.
 """
 import io
 import itertools
@@ -23,7 +25,10 @@ from xlm_jax.errors import CheckpointError, DataError
 _ENCODE_CHUNK = 65_536   # sentences per sp.encode call: bounds the Python int lists in memory
 SENTENCEPIECE_FILE = "tokenizer.model"             # the serialized SentencePiece model
 WORDPIECE_FILE = "tokenizer.wordpiece.json"        # {"format", "vocab": [...], BertTokenizer options}
+BYTES_FILE = "tokenizer.bytes.json"                # {"format"}: the byte tokenizer has nothing to learn
 _WORDPIECE_FORMAT = "xlm_jax.wordpiece/1"
+_BYTES_FORMAT = "xlm_jax.bytes/1"
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, WORDPIECE_FILE, BYTES_FILE)
 _XLMR_SPECIAL_TEXT = re.compile(r"(\s*<mask>|<s>|</s>|<pad>|<unk>)")   # <mask> is lstrip=True in transformers
 
 
@@ -161,6 +166,64 @@ class SentencePieceTokenizer:
         return self._sp.decode((ids - 1).tolist())
 
 
+class ByteTokenizer:
+    """UTF-8 bytes in the fairseq layout: `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3, byte b = b + 4, `<mask>`=260.
+
+    Every text encodes, so `<unk>` never appears; specials written in a text are those tokens,
+    as in SentencePieceTokenizer (so `<mask>` works in api.predict_masked).
+    """
+    BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+    OFFSET = 4           # id of byte 0
+    VOCAB_SIZE = OFFSET + 256 + 1
+    bos_id, pad_id, eos_id, unk_id = BOS_ID, PAD_ID, EOS_ID, UNK_ID
+    mask_id = VOCAB_SIZE - 1
+    vocab_size = VOCAB_SIZE
+    special_ids = (BOS_ID, PAD_ID, EOS_ID, UNK_ID, VOCAB_SIZE - 1)
+    _NAMES = {BOS_ID: "<s>", PAD_ID: "<pad>", EOS_ID: "</s>", UNK_ID: "<unk>", VOCAB_SIZE - 1: "<mask>"}
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """int32 ids per text: its UTF-8 bytes + 4 (no `<s>`/`</s>` added)."""
+        specials = {name: token_id for token_id, name in self._NAMES.items()}
+        out = []
+        for text in texts:
+            if "<" in text and len(parts := _XLMR_SPECIAL_TEXT.split(text)) > 1:
+                ids = [np.array([specials[part.lstrip()]], np.int32) if j % 2 else self._bytes(part)
+                       for j, part in enumerate(parts) if part]
+                out.append(np.concatenate(ids))
+            else:
+                out.append(self._bytes(text))
+        return out
+
+    def _bytes(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + self.OFFSET
+
+    def decode(self, ids) -> str:
+        """Text of ids; specials are dropped and broken UTF-8 becomes U+FFFD."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise DataError(f"token id {bad[0]} is outside this tokenizer's vocabulary of {self.vocab_size}")
+        ids = ids[(ids >= self.OFFSET) & (ids < self.mask_id)]
+        return (ids - self.OFFSET).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def id_to_piece(self, token_id: int) -> str:
+        """'<0xE2>' for a byte (as SentencePiece's byte pieces), specials by their XLM-R names."""
+        if not 0 <= token_id < self.vocab_size:
+            raise DataError(f"token id {token_id} is outside this tokenizer's vocabulary of {self.vocab_size}")
+        return self._NAMES.get(token_id) or f"<0x{token_id - self.OFFSET:02X}>"
+
+
+def tokenizer_kind(tokenizer: Tokenizer) -> str:
+    """"unigram", "bpe" (SentencePiece), "bytes" or "wordpiece": what `data.tokenizer` names."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    if isinstance(tokenizer, WordPieceTokenizer):
+        return "wordpiece"
+    from sentencepiece import sentencepiece_model_pb2
+    spec = sentencepiece_model_pb2.ModelProto.FromString(tokenizer.model_proto).trainer_spec
+    return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
+
+
 def _atomic_write(path: epath.Path, data: bytes) -> None:
     """Writes a temp file and renames it, so a killed run never leaves half a file."""
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
@@ -169,23 +232,22 @@ def _atomic_write(path: epath.Path, data: bytes) -> None:
 
 
 def _tokenizer_files(workdir) -> list[epath.Path]:
-    return [p for p in (epath.Path(workdir) / SENTENCEPIECE_FILE, epath.Path(workdir) / WORDPIECE_FILE)
-            if p.exists()]
+    return [p for p in (epath.Path(workdir) / name for name in TOKENIZER_FILES) if p.exists()]
 
 
 def tokenizer_path(workdir) -> epath.Path | None:
-    """The run directory's tokenizer file (either kind), None when it has none."""
+    """The run directory's tokenizer file (any kind), None when it has none."""
     files = _tokenizer_files(workdir)
     return files[0] if files else None
 
 
 def tokenizer_exists(workdir) -> bool:
-    """Whether the run directory holds a tokenizer (either kind)."""
+    """Whether the run directory holds a tokenizer (any kind)."""
     return bool(_tokenizer_files(workdir))
 
 
 def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
-    """Writes the run's tokenizer file atomically: tokenizer.model or tokenizer.wordpiece.json."""
+    """Writes the run's tokenizer file atomically: tokenizer.model, .wordpiece.json or .bytes.json."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, SentencePieceTokenizer):
@@ -194,12 +256,14 @@ def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
         path = workdir / WORDPIECE_FILE
         data = json.dumps({"format": _WORDPIECE_FORMAT, **tokenizer.options, "vocab": tokenizer.vocab},
                           ensure_ascii=False).encode("utf-8")
+    elif isinstance(tokenizer, ByteTokenizer):
+        path, data = workdir / BYTES_FILE, json.dumps({"format": _BYTES_FORMAT}).encode("utf-8")
     else:
-        raise TypeError(f"cannot save a {type(tokenizer).__name__}; xlm_jax saves SentencePieceTokenizer "
-                        "and WordPieceTokenizer")
-    other = workdir / (WORDPIECE_FILE if path.name == SENTENCEPIECE_FILE else SENTENCEPIECE_FILE)
-    if other.exists():
-        raise DataError(f"{other} already holds this run's tokenizer; use a new workdir for another one")
+        raise TypeError(f"cannot save a {type(tokenizer).__name__}; xlm_jax saves SentencePieceTokenizer, "
+                        "WordPieceTokenizer and ByteTokenizer")
+    for other in _tokenizer_files(workdir):
+        if other.name != path.name:
+            raise DataError(f"{other} already holds this run's tokenizer; use a new workdir for another one")
     _atomic_write(path, data)
     return path
 
@@ -209,22 +273,26 @@ def load_tokenizer(workdir) -> Tokenizer:
     files = _tokenizer_files(workdir)
     if not files:
         raise DataError(f"no tokenizer in {workdir}: expected {epath.Path(workdir) / SENTENCEPIECE_FILE} "
-                        f"(SentencePiece) or {epath.Path(workdir) / WORDPIECE_FILE} (WordPiece)")
+                        f"(SentencePiece), {WORDPIECE_FILE} (WordPiece) or {BYTES_FILE} (bytes)")
     if len(files) > 1:
         raise DataError(f"{workdir} holds two tokenizers, {files[0].name} and {files[1].name}; "
                         "delete the one the run did not use")
     path = files[0]
     if path.name == SENTENCEPIECE_FILE:
         return SentencePieceTokenizer.load(path)
+    expected = _BYTES_FORMAT if path.name == BYTES_FILE else _WORDPIECE_FORMAT
     try:
         state = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(state, dict) or state.get("format") != _WORDPIECE_FORMAT:
-            raise ValueError(f"no \"format\": \"{_WORDPIECE_FORMAT}\"")
+        if not isinstance(state, dict) or state.get("format") != expected:
+            raise ValueError(f"no \"format\": \"{expected}\"")
+        if path.name == BYTES_FILE:
+            return ByteTokenizer()
         return WordPieceTokenizer(state["vocab"], do_lower_case=state["do_lower_case"],
                                   strip_accents=state["strip_accents"],
                                   tokenize_chinese_chars=state["tokenize_chinese_chars"])
     except (ValueError, KeyError, TypeError, DataError) as e:   # JSON and UTF-8 errors are ValueErrors
-        raise DataError(f"{path} is not an xlm_jax WordPiece tokenizer ({e}); delete it to train a new "
+        kind = "byte" if path.name == BYTES_FILE else "WordPiece"
+        raise DataError(f"{path} is not an xlm_jax {kind} tokenizer ({e}); delete it to train a new "
                         "tokenizer, or write it with save_tokenizer") from None
 
 
@@ -346,18 +414,21 @@ def _training_sentences(sentences_by_language, probs, count: int, seed: int):
 
 def train_sentencepiece(sentences_by_language: dict[str, list[str]], probs: dict[str, float], vocab_size: int,
                         *, input_sentence_size: int, character_coverage: float, byte_fallback: bool,
-                        seed: int) -> SentencePieceTokenizer:
-    """A unigram model of `vocab_size` fairseq ids (so vocab_size - 2 pieces), trained in memory.
+                        seed: int, model_type: str = "unigram") -> SentencePieceTokenizer:
+    """A unigram or BPE model of `vocab_size` fairseq ids (so vocab_size - 2 pieces), trained in memory.
 
-    The training text is temperature-sampled like the MLM data (XLM-R, mBERT), so small
-    languages get their share of the vocabulary.
+    The training text is `input_sentence_size` sentences temperature-sampled like the MLM data
+    (XLM-R, mBERT), so small languages get their share of the vocabulary and a huge corpus
+    trains in bounded memory and time.
     """
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type must be \"unigram\" or \"bpe\", not {model_type!r}")
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=_training_sentences(sentences_by_language, probs, input_sentence_size, seed),
-            model_writer=model, model_type="unigram", vocab_size=vocab_size - 2,
+            model_writer=model, model_type=model_type, vocab_size=vocab_size - 2,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             character_coverage=character_coverage, byte_fallback=byte_fallback,
             input_sentence_size=0, shuffle_input_sentence=False,   # the sample above is the input

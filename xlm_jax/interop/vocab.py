@@ -21,6 +21,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from xlm_jax.data.pipeline import split_held_out
+from xlm_jax.data.tokenizer_report import fertility   # noqa: F401 (also this module's API)
 from xlm_jax.data.sources import load_corpus
 from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer,
                                      tokenizer_from_hf_directory)
@@ -175,13 +176,6 @@ def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
     if "lm_head" in params:
         out["lm_head"] = {**params["lm_head"], "bias": grow(params["lm_head"]["bias"], "lm_head bias")}
     return out
-
-
-def fertility(tokenizer: SentencePieceTokenizer, sentences: list[str]) -> float:
-    """Tokens per whitespace-separated word: how finely a tokenizer cuts a language."""
-    words = sum(len(s.split()) for s in sentences)
-    tokens = sum(len(ids) for ids in tokenizer.encode(list(sentences)))
-    return tokens / max(words, 1)
 
 
 def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool,

@@ -3,7 +3,7 @@
 <workdir>/checkpoints/<step>/{state,data}   written atomically by orbax (a killed save
                                             leaves a temporary dir that is ignored)
 <workdir>/config.json                       the run's config, for load() and resume checks
-<workdir>/tokenizer.model                   written by the data pipeline
+<workdir>/tokenizer.{model,wordpiece.json,bytes.json}   the run's tokenizer, written by the data pipeline
 """
 import json
 import os
