@@ -7,13 +7,17 @@ hour later inside XLA.
 """
 import ml_collections
 
+from xlm_jax.data.sampling import check_caps_and_floors, parse_language_probs
 from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 SCHEDULES = ("linear", "polynomial", "constant")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
-MODES = ("train", "evaluate", "export_hf")
+SAMPLING_UNITS = ("sentences", "tokens")
+MODES = ("train", "evaluate", "export_hf", "train_tokenizer")
+TOKENIZERS = ("unigram", "bpe", "bytes")   # SentencePiece unigram (XLM-R), SentencePiece BPE, UTF-8 bytes
+BYTE_VOCAB_SIZE = 261                      # data.tokenizer="bytes": xlm_jax.data.tokenizers.ByteTokenizer
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -42,17 +46,23 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = d = ml_collections.ConfigDict()
     d.corpus_dir = ""            # "" = the built-in corpus of this machine's gettext catalogs
-    d.alpha = 0.3                # temperature sampling exponent (XLM-R)
+    d.alpha = 0.3                # temperature sampling exponent (XLM-R): q_i ~ n_i^alpha
+    d.sampling_unit = "sentences"  # n_i counts "sentences" or "tokens" (of the packed training text)
+    d.language_caps = ""         # "en:0.2,...": max q_i per language; the others share the rest
+    d.language_floors = ""       # "sw:0.01,...": min q_i per language, likewise
     d.seq_len = 128
     d.mask_prob = 0.15
     d.mask_token_prob = 0.8      # of the chosen tokens: 80% <mask>,
     d.random_token_prob = 0.1    # 10% a random token, the rest unchanged
+    d.whole_word_mask = False    # choose whole words ('▁' starts; fairseq --mask-whole-words), 80/10/10 per word
+    d.mask_sample_alpha = 0.0    # > 0: choose tokens with weight count^-alpha (XLM --sample_alpha); 0 = uniform
     d.min_languages = 2
     d.max_sentences_per_language = 0   # 0 = no cap
     d.eval_sentences_per_language = 200
     d.eval_batches = 2
     d.eval_languages = ""        # comma-separated languages to evaluate; "" = all with held-out text,
     d.max_eval_languages = 0     # or at most this many, spread from the largest to the smallest (0 = all)
+    d.tokenizer = "unigram"      # what a run from scratch trains: "unigram", "bpe" or "bytes" (261 ids)
     d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
     d.character_coverage = 0.9995
     d.byte_fallback = True
@@ -131,6 +141,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _one_of(config, "model.remat", REMAT_POLICIES)
     _one_of(config, "train.schedule", SCHEDULES)
     _one_of(config, "mesh.rules", RULE_PRESETS)
+    _one_of(config, "data.sampling_unit", SAMPLING_UNITS)
+    check_caps_and_floors(parse_language_probs(d.language_caps, "data.language_caps"),
+                          parse_language_probs(d.language_floors, "data.language_floors"))
+    _one_of(config, "data.tokenizer", TOKENIZERS)
     for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
                   "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
                   "train.num_steps", "train.batch_size", "train.grad_accum_steps",
@@ -151,6 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"got {m.position_offset}; use {m.pad_token_id + 1} (fairseq/XLM-R positions after "
              f"pad_token_id={m.pad_token_id}) or 0 (BERT positions from 0)")
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
+    _require(d.tokenizer != "bytes" or config.init_from or m.vocab_size == BYTE_VOCAB_SIZE, "model.vocab_size",
+             f"got {m.vocab_size}, but data.tokenizer=\"bytes\" has {BYTE_VOCAB_SIZE} ids (4 specials, 256 "
+             f"bytes, <mask>); set --config.model.vocab_size={BYTE_VOCAB_SIZE}")
     _require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
     _require(d.seq_len <= m.max_len, "data.seq_len",
              f"got {d.seq_len}, longer than model.max_len={m.max_len}")
@@ -158,6 +175,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0 <= d.mask_token_prob and 0 <= d.random_token_prob
              and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
              "mask_token_prob + random_token_prob must lie in [0, 1]")
+    _require(isinstance(d.whole_word_mask, bool), "data.whole_word_mask",
+             f"got {d.whole_word_mask!r}; must be True or False")
+    _require(isinstance(d.mask_sample_alpha, (int, float)) and d.mask_sample_alpha >= 0, "data.mask_sample_alpha",
+             f"got {d.mask_sample_alpha!r}; must be >= 0 (0 = uniform choice)")
+    _require(not (d.whole_word_mask and d.mask_sample_alpha), "data.mask_sample_alpha",
+             "frequency-weighted choice cannot be combined with data.whole_word_mask=True; set one of them")
     _require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
     _require(not d.extend_vocab_pieces or config.init_from, "data.extend_vocab_pieces",
              f"got {d.extend_vocab_pieces}, but vocabulary extension adds to an imported model's "

@@ -142,6 +142,9 @@ def test_two_processes_match_one_process(corpus_dir, tmp_path):
     assert sorted(one) == sorted(two) == list(range(1, 9))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+    sampled = [[json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                if "sampled" in line] for workdir in (single, multi)]
+    assert sampled[0] == sampled[1] and sampled[0][-1]["sampled_examples"] == 8 * 8  # both processes' rows
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tmp_path):

@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from xlm_jax.data.examples import pack_stream
-from xlm_jax.data.masking import mask_example, max_predictions
-from xlm_jax.data.sampling import sampling_table, temperature_probs
+from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, token_counts, word_start_table
+from xlm_jax.data.sampling import language_probs, sampling_table
 from xlm_jax.data.sources import load_corpus
-from xlm_jax.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_path, train_sentencepiece
+from xlm_jax.data.tokenizers import (ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer, tokenizer_kind,
+                                     tokenizer_path, train_sentencepiece)
 from xlm_jax.errors import ConfigError
 
 _SAMPLE_STREAM, _MASK_STREAM, _EVAL_STREAM = 0, 1, 2
@@ -30,7 +31,7 @@ class PretrainData:
     train_blocks: list[np.ndarray]       # per language [N_i, seq_len] int32
     eval_blocks: list[np.ndarray]        # per language; [0, seq_len] when too small to hold out text
     tokenizer: Tokenizer
-    counts: dict[str, int]               # training sentences per language (the n_i of q_i)
+    counts: dict[str, int]               # n_i of q_i: training sentences or tokens (data.sampling_unit)
 
 
 def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print) -> PretrainData:
@@ -43,8 +44,9 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     for lang in languages:
         train_text[lang], eval_text[lang] = split_held_out(corpus.mono[lang], d)
     counts = {lang: len(train_text[lang]) for lang in languages}
-    probs = temperature_probs(counts, d.alpha)
-    log("language sampling:\n" + sampling_table(counts, d.alpha))
+    probs = language_probs(counts, d.alpha, d.language_caps, d.language_floors)
+    # Token counts need the tokenizer: one trained for a "tokens" run samples its training
+    # sentences by these sentence-count q_i.
     tokenizer = _tokenizer(config, workdir, train_text, probs, log)
 
     def blocks(sentences):
@@ -53,6 +55,15 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
 
     train_blocks = [blocks(train_text[lang]) for lang in languages]
     eval_blocks = [blocks(eval_text[lang]) for lang in languages]
+    if d.sampling_unit == "tokens":  # every token of the packed text but padding, <s> and </s> included
+        counts = {lang: int(np.count_nonzero(b != tokenizer.pad_id)) for lang, b in zip(languages, train_blocks)}
+        probs = language_probs(counts, d.alpha, d.language_caps, d.language_floors)
+    bounds = "".join(f", {name} {value}" for name, value in (("caps", d.language_caps),
+                                                             ("floors", d.language_floors)) if value)
+    log(f"language sampling (alpha={d.alpha}, n_i in {d.sampling_unit}{bounds}):\n"
+        + sampling_table(counts, probs, unit=d.sampling_unit,
+                         blocks={lang: len(b) for lang, b in zip(languages, train_blocks)},
+                         examples=config.train.num_steps * config.train.batch_size))
     skipped = [lang for lang, b in zip(languages, eval_blocks) if not len(b)]
     if skipped:
         log(f"not evaluated (fewer than {_EVAL_DIVISOR} sentences, none held out): {', '.join(skipped)}")
@@ -78,15 +89,27 @@ def _tokenizer(config, workdir, train_text, probs, log) -> Tokenizer:
             raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but the run's "
                               f"tokenizer {path} has {tokenizer.vocab_size} ids; set "
                               f"--config.model.vocab_size={tokenizer.vocab_size} or use a new workdir")
+        kind = tokenizer_kind(tokenizer)     # a WordPiece file is only ever put there, never trained
+        if not config.init_from and kind != "wordpiece" and kind != config.data.tokenizer:
+            raise ConfigError(f"config field `data.tokenizer`: got {config.data.tokenizer!r}, but the run's "
+                              f"tokenizer {path} is {kind!r}; set --config.data.tokenizer={kind} or use a new workdir")
         log(f"tokenizer: loaded {path} ({tokenizer.vocab_size} ids)")
         return tokenizer
     d = config.data
-    tokenizer = train_sentencepiece(train_text, probs, config.model.vocab_size,
-                                    input_sentence_size=d.tokenizer_sentences,
-                                    character_coverage=d.character_coverage, byte_fallback=d.byte_fallback,
-                                    seed=config.train.seed)
-    log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece unigram model on "
-        f"{d.tokenizer_sentences:,} sampled sentences")
+    if d.tokenizer == "bytes":
+        tokenizer = ByteTokenizer()
+        if tokenizer.vocab_size != config.model.vocab_size:
+            raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but "
+                              f"data.tokenizer=\"bytes\" has {tokenizer.vocab_size} ids; set "
+                              f"--config.model.vocab_size={tokenizer.vocab_size}")
+        log(f"tokenizer: UTF-8 bytes ({tokenizer.vocab_size} ids)")
+    else:
+        tokenizer = train_sentencepiece(train_text, probs, config.model.vocab_size,
+                                        input_sentence_size=d.tokenizer_sentences,
+                                        character_coverage=d.character_coverage, byte_fallback=d.byte_fallback,
+                                        seed=config.train.seed, model_type=d.tokenizer)
+        log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece {d.tokenizer} model on "
+            f"{d.tokenizer_sentences:,} sampled sentences")
     if workdir:
         log(f"tokenizer: saved {save_tokenizer(tokenizer, workdir)}")
     return tokenizer
@@ -106,7 +129,13 @@ def _masker(data: PretrainData, config) -> Callable[[tf.Tensor, tf.Tensor], dict
     d, tokenizer = config.data, data.tokenizer
     settings = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                     special_ids=tokenizer.special_ids, mask_prob=d.mask_prob, mask_token_prob=d.mask_token_prob,
-                    random_token_prob=d.random_token_prob, num_predictions=max_predictions(d.seq_len, d.mask_prob))
+                    random_token_prob=d.random_token_prob,
+                    num_predictions=max_predictions(d.seq_len, d.mask_prob, d.whole_word_mask))
+    if d.whole_word_mask:
+        settings["word_start"] = word_start_table(tokenizer)
+    if d.mask_sample_alpha:   # XLM: weights from the token counts of the training text
+        settings["token_weights"] = sample_weights(token_counts(data.train_blocks, tokenizer.vocab_size),
+                                                   d.mask_sample_alpha, tokenizer.special_ids)
     return lambda tokens, seed: mask_example(tokens, seed, **settings)
 
 

@@ -101,8 +101,10 @@ def prepare_data_once_per_workdir(config, workdir):
 class MetricsLog:
     """Per-step metrics stay on device until a log point, so steps are not serialized."""
 
-    def __init__(self, workdir: str, config, total_steps: int):
+    def __init__(self, workdir: str, config, total_steps: int, languages=(), probs=()):
         self.pending = []
+        self.languages, self.probs = list(languages), np.asarray(probs, np.float64)
+        self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since start
         self.history = []
         self.total_steps = total_steps
         self.tokens_per_step = config.train.batch_size * config.data.seq_len
@@ -120,6 +122,40 @@ class MetricsLog:
     def add(self, step: int, metrics, timed: bool = True) -> None:
         self.pending.append((step, metrics))
         self.window_steps += int(timed)
+
+    def count_languages(self, language) -> None:
+        """Host-side tally of the language of each row this process feeds the step."""
+        self.sampled += np.bincount(np.asarray(language).ravel(), minlength=len(self.languages))
+
+    def sampled_fractions(self) -> tuple[np.ndarray, int]:
+        """Realized language fractions of all processes' rows since this run (re)started, and their count."""
+        counts = self.sampled
+        if jax.process_count() > 1:  # every process logs the same windows, so they all get here
+            counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, len(counts)).sum(0)
+        total = int(counts.sum())
+        return counts / max(total, 1), total
+
+    def log_sampled(self, step: int) -> None:
+        """Realized vs target q_i: all languages to metrics.jsonl and TensorBoard, the largest and
+        the furthest off (in binomial standard errors) to stdout."""
+        if not self.languages:
+            return
+        fractions, total = self.sampled_fractions()
+        if not total:
+            return
+        z = (fractions - self.probs) / np.sqrt(np.maximum(self.probs * (1 - self.probs), 1e-12) / total)
+        top = list(np.argsort(-self.probs, kind="stable")[:5])
+        worst = int(np.argmax(np.abs(z)))
+        shown = top + ([worst] if worst not in top else [])
+        parts = [f"{self.languages[i]} {fractions[i]:.3f}/{self.probs[i]:.3f}" for i in shown]
+        log(f"sampled/q over {total:,} examples: {', '.join(parts)}"
+            + (f" (of {len(self.languages)})" if len(self.languages) > len(shown) else "")
+            + f"; furthest {self.languages[worst]} {z[worst]:+.1f} s.e.")
+        sampled = {lang: float(f) for lang, f in zip(self.languages, fractions)}
+        self.writer.scalars(step, {f"sampled/{lang}": f for lang, f in sampled.items()})
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "sampled": sampled, "sampled_examples": total}) + "\n")
+            self.jsonl.flush()
 
     @contextlib.contextmanager
     def untimed(self):
@@ -169,6 +205,7 @@ class MetricsLog:
                 self.jsonl.write(json.dumps(row) + "\n")
             self.jsonl.flush()
         self.history.extend(rows)
+        self.log_sampled(step)
         self.window_start, self.window_steps, self.excluded_seconds = time.perf_counter(), 0, 0.0
 
     def log_eval(self, step: int, per_language: dict) -> None:
@@ -308,7 +345,7 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
                                  run.shardings, run.rows_sharding)
     batches = train_batches(run.data, config, start_step=start_step,
                             process_index=jax.process_index(), process_count=jax.process_count())
-    metrics_log = MetricsLog(workdir, config, config.train.num_steps)
+    metrics_log = MetricsLog(workdir, config, config.train.num_steps, run.data.languages, run.data.probs)
     log(f"MFU counts {metrics_log.flops_per_token / 1e6:.1f} MFLOP per token; peak "
         f"{metrics_log.peak_flops / 1e12:.3f} TFLOP/s ({metrics_log.peak_source})")
     preemption = PreemptionFlag()
@@ -318,7 +355,9 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
             first = step == start_step + 1
             with metrics_log.untimed() if first else contextlib.nullcontext():
                 compile_start = time.perf_counter()
-                state, step_metrics = train_step(state, to_global(next(batches), run.rows_sharding))
+                batch = next(batches)
+                metrics_log.count_languages(batch["language"])
+                state, step_metrics = train_step(state, to_global(batch, run.rows_sharding))
                 if first:
                     jax.block_until_ready(step_metrics)
                     log(f"step {step} compiled and ran in {time.perf_counter() - compile_start:.1f}s")
