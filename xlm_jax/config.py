@@ -8,6 +8,7 @@ hour later inside XLA.
 import ml_collections
 
 from xlm_jax.data.sampling import check_caps_and_floors, parse_language_probs
+from xlm_jax.data.sources import BAD_LINE_POLICIES, parse_files_spec
 from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
@@ -45,7 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
     m.remat = "none"
 
     c.data = d = ml_collections.ConfigDict()
-    d.corpus_dir = ""            # "" = the built-in corpus of this machine's gettext catalogs
+    d.corpus_dir = ""            # dir of <lang>.txt[.gz], <src>-<tgt>.tsv[.gz]; all sources "" = gettext catalogs
+    d.files = ""                 # "en:/d/en/*.txt.gz,/x/en2.txt;en-de:/d/en-de.tsv": files/globs per language
+    d.prepared_corpus = ""       # a dir written by `python -m xlm_jax.data.tfds_builder` (may be gs://)
+    d.tfds_datasets = ""         # "wiki40b/en,sw=c4/multilingual@sw": [<lang>=]<name>[@<split>], never downloaded
+    d.tfds_data_dir = ""         # where those were prepared (may be gs://); "" = TFDS's default
+    d.tfds_split = "train"
+    d.tfds_text_key = "text"
+    d.on_bad_line = "error"      # undecodable / over-long lines, bad TSV rows: "error" or "skip" (counted, logged)
+    d.max_line_chars = 100_000   # longer lines are bad lines (0 = no limit)
     d.alpha = 0.3                # temperature sampling exponent (XLM-R): q_i ~ n_i^alpha
     d.sampling_unit = "sentences"  # n_i counts "sentences" or "tokens" (of the packed training text)
     d.language_caps = ""         # "en:0.2,...": max q_i per language; the others share the rest
@@ -145,6 +154,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     check_caps_and_floors(parse_language_probs(d.language_caps, "data.language_caps"),
                           parse_language_probs(d.language_floors, "data.language_floors"))
     _one_of(config, "data.tokenizer", TOKENIZERS)
+    _one_of(config, "data.on_bad_line", BAD_LINE_POLICIES)
+    parse_files_spec(d.files)
     for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
                   "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
                   "train.num_steps", "train.batch_size", "train.grad_accum_steps",
@@ -154,6 +165,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",
                   "model.num_languages", "data.max_sentences_per_language",
                   "data.eval_sentences_per_language", "data.max_eval_languages", "data.extend_vocab_pieces",
+                  "data.max_line_chars",
                   "model.dropout_rate",
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
