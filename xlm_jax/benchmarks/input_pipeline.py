@@ -1,0 +1,113 @@
+"""Examples/s and tokens/s of the input pipeline, per host and per CPU core, against what
+the train step of the same config consumes on this machine.
+
+  python -m xlm_jax.benchmarks.input_pipeline --config=configs/demo.py \\
+      [--config.data.corpus_dir=DIR] [--workdir=DIR] [--seconds=10]
+
+Two paths, each timed on its own:
+- on the fly: raw sentences -> tokenizer.encode -> XLM-R stream packing, what data
+  preparation does with a corpus that is not prepared yet;
+- prepared: packed token blocks -> language sampling, masking, batching (tf.data), what
+  every training step pulls.
+Tokens are positions of the packed, masked sequences the model trains on.
+"""
+import os
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the tokenizer is read from or trained into "
+                               "(default: a temporary directory).")
+_SECONDS = flags.DEFINE_float("seconds", 10.0, "Time spent on each measurement.")
+_STEP_STEPS = flags.DEFINE_integer("step_steps", 3, "Train steps timed for the consumption rate "
+                                   "(0 = skip the train step).")
+flags.mark_flags_as_required(["config"])
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def on_the_fly(data, corpus, config, seconds: float) -> tuple[int, int, float]:
+    """(sentences, packed tokens, seconds) of encoding and packing the training text, in
+    chunks, until `seconds` have passed or the text runs out."""
+    from xlm_jax.data.examples import pack_stream
+
+    tokenizer, seq_len = data.tokenizer, config.data.seq_len
+    text = [s for lang in data.languages for s in corpus.mono[lang]]
+    sentences = tokens = 0
+    start = time.perf_counter()
+    for begin in range(0, len(text), 20_000):
+        chunk = text[begin:begin + 20_000]
+        blocks = pack_stream(tokenizer.encode(chunk), seq_len, tokenizer.bos_id, tokenizer.eos_id,
+                             tokenizer.pad_id)
+        sentences, tokens = sentences + len(chunk), tokens + blocks.size
+        if time.perf_counter() - start > seconds:
+            break
+    return sentences, tokens, time.perf_counter() - start
+
+
+def prepared(data, config, seconds: float) -> tuple[int, float]:
+    """(examples, seconds) of masked batches pulled from the packed blocks."""
+    from xlm_jax.data.pipeline import train_batches
+
+    batches = train_batches(data, config, start_step=0)
+    next(batches)  # builds the tf.data graph and fills the prefetch buffer
+    examples = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        examples += len(next(batches)["input_ids"])
+    return examples, time.perf_counter() - start
+
+
+def train_step_tokens_per_s(config, steps: int) -> float:
+    from xlm_jax.benchmarks.train_step import make_ours, timed
+
+    run, _ = make_ours(config)
+    run(1)  # compile
+    return config.train.batch_size * config.data.seq_len / timed(run, steps)
+
+
+def main(argv):
+    del argv
+    import tempfile
+
+    import tensorflow as tf
+
+    from xlm_jax.config import validate
+    from xlm_jax.data.pipeline import prepare_data
+    from xlm_jax.data.sources import load_corpus
+
+    tf.config.set_visible_devices([], "GPU")
+    config = validate(_CONFIG.value)
+    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="xlm_jax_input_bench_")
+    data = prepare_data(config, workdir, log=lambda _: None)
+    corpus = load_corpus(config.data, log=lambda _: None)
+    cores, seq_len = cpu_cores(), config.data.seq_len
+
+    sentences, fly_tokens, fly_s = on_the_fly(data, corpus, config, _SECONDS.value)
+    examples, prep_s = prepared(data, config, _SECONDS.value)
+    fly_rate, prep_rate = fly_tokens / fly_s, examples * seq_len / prep_s
+    combined = 1 / (1 / fly_rate + 1 / prep_rate)   # tokenize + pack, then mask + batch
+    print(f"corpus: {len(data.languages)} languages, tokenizer {data.tokenizer.vocab_size:,} ids, "
+          f"seq_len {seq_len}, batch {config.train.batch_size}; {cores} CPU core(s) on this host")
+    print(f"on the fly (encode + pack): {sentences / fly_s:,.0f} sentences/s  "
+          f"{fly_rate:,.0f} tokens/s per host  {fly_rate / cores:,.0f} per core")
+    print(f"on the fly, then masked and batched: {combined / seq_len:,.0f} examples/s  "
+          f"{combined:,.0f} tokens/s per host  {combined / cores:,.0f} per core")
+    print(f"prepared (sample + mask + batch): {examples / prep_s:,.0f} examples/s  "
+          f"{prep_rate:,.0f} tokens/s per host  {prep_rate / cores:,.0f} per core")
+    if _STEP_STEPS.value:
+        consumed = train_step_tokens_per_s(config, _STEP_STEPS.value)
+        print(f"train step of this config here: {consumed:,.0f} tokens/s")
+        print(f"ratio_prepared_vs_step={prep_rate / consumed:.1f} "
+              f"ratio_on_the_fly_vs_step={combined / consumed:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
