@@ -6,6 +6,7 @@ tiny model and a corpus of real text from ../shared/data.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,15 @@ def test_two_processes_match_one_process(corpus_dir, tmp_path):
     sampled = [[json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
                 if "sampled" in line] for workdir in (single, multi)]
     assert sampled[0] == sampled[1] and sampled[0][-1]["sampled_examples"] == 8 * 8  # both processes' rows
+
+    # Resume the two-process run from step 3 in one process: same batches, same losses.
+    for step in (6, 8):
+        shutil.rmtree(multi / "checkpoints" / str(step))
+    resumed = run(multi, corpus_dir, "--config.mesh.rules=fsdp", devices=2)
+    assert "resuming on 1 process(es) instead of 2" in resumed.stdout
+    again = losses(multi)
+    for step in range(4, 9):
+        assert again[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tmp_path):

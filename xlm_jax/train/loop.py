@@ -311,6 +311,11 @@ class Run:
             log(f"resumed from {self.checkpoints.directory}/{int(state.step)} (data iterator at "
                 f"step {data_state['next_step']}, written by {data_state['process_count']} "
                 f"process(es))")
+            if data_state["process_count"] != jax.process_count():
+                log(f"resuming on {jax.process_count()} process(es) instead of {data_state['process_count']}: "
+                    "every global batch stays the same (example g depends only on the seed and g); "
+                    "each process now reads another slice of it, and losses match the uninterrupted "
+                    "run to float rounding rather than bit for bit")
             return state
         if not self.config.init_from:
             state = create_train_state(self.model, self.optimizer, self.config, self.mesh,
