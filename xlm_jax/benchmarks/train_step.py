@@ -1,18 +1,26 @@
 """Steps/s, tokens/s, MFU and peak memory of the xlm_jax train step on random tokens.
 
   python -m xlm_jax.benchmarks.train_step --layers=6 --hidden=256 --heads=4 --ffn=1024 \\
-      --vocab=32000 --seq=128 --batch=16 --dtype=float32
+      --vocab=32000 --seq=128 --batch=16 --dtype=float32 --compare=hf_flax,hf_torch
 
 Random token ids with 15% masked positions stand in for data, so this measures the
 model, optimizer and sharding alone. The step is the one training uses (AdamW,
 clipping, non-finite guard, dropout 0.1), on a mesh of all local devices (`dp`).
+
+`--compare` also trains transformers' XLM-R masked LM (Flax and/or PyTorch, see
+peers.py) on the same batch in the same process: each system runs once to compile
+and warm up, then the systems take turns, `--repeats` rounds of `--steps` steps, and
+each one's best round is reported. The last line is `ratio_vs_<peer>=X ...`: our
+tokens/s over the peer's.
 """
+import statistics
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
+from xlm_jax.benchmarks import peers
 from xlm_jax.config import default_config, validate
 from xlm_jax.data.masking import max_predictions
 from xlm_jax.models.heads import MaskedLM
@@ -37,6 +45,8 @@ flags.DEFINE_float("dropout", 0.1, "Dropout rate (hidden and attention), as in p
 flags.DEFINE_string("rules", "dp", "Logical-axis rules preset (dp, fsdp, fsdp_tp).")
 flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
+flags.DEFINE_list("compare", [], "Peers to run on the same batch, alternating with ours: "
+                  "hf_flax, hf_torch (needs the `hf` extra).")
 FLAGS = flags.FLAGS
 
 
@@ -66,42 +76,83 @@ def random_batch(config, rng: np.random.Generator) -> dict:
             "masked_ids": masked_ids, "masked_weights": np.ones((b, p), np.float32)}
 
 
-def main(argv):
-    del argv
-    config = benchmark_config()
+def make_ours(config):
+    """(run(num_steps) -> last metrics, parameter count): the training step on a random batch."""
     mesh = make_mesh(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
     _, shardings = state_shardings(model, optimizer, config, mesh, rules)
     state = create_train_state(model, optimizer, config, mesh, rules, shardings)
+    num_params = count_params(state.params)
     rows = batch_sharding(mesh, rules)
     step = make_train_step(model, optimizer, config, mesh, rules, shardings, rows)
     batch = jax.device_put(random_batch(config, np.random.default_rng(0)), rows)
 
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        for _ in range(FLAGS.steps):
+    def run(num_steps):
+        nonlocal state
+        for _ in range(num_steps):
             state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        best = min(best, (time.perf_counter() - start) / FLAGS.steps)
+        return jax.block_until_ready(metrics)
 
-    tokens_per_s = config.train.batch_size * config.data.seq_len / best
+    return run, num_params
+
+
+def timed(run, num_steps: int) -> float:
+    """Seconds per step over one round of num_steps."""
+    start = time.perf_counter()
+    run(num_steps)
+    return (time.perf_counter() - start) / num_steps
+
+
+def main(argv):
+    del argv
+    config = benchmark_config()
+    for name in FLAGS.compare:
+        if name not in peers.PEERS:
+            raise app.UsageError(f"--compare: unknown peer {name!r}; known: {', '.join(peers.PEERS)}")
+    tokens = config.train.batch_size * config.data.seq_len
+    ours, num_params = make_ours(config)
+    systems = {"xlm_jax": ours}
+    # The peers see the very batch ours trains on (same ids, same masked positions).
+    batch = random_batch(config, np.random.default_rng(0))
+    for name in FLAGS.compare:
+        systems[name] = peers.make_peer(name, config, batch)
+
+    compile_s, first = {}, {}
+    for name, run in systems.items():  # compile and warm up each once
+        start = time.perf_counter()
+        first[name] = run(1)
+        compile_s[name] = time.perf_counter() - start
+    seconds = {name: [] for name in systems}
+    for _ in range(FLAGS.repeats):  # alternate, so load on this machine hits every system alike
+        for name, run in systems.items():
+            seconds[name].append(timed(run, FLAGS.steps))
+    best = {name: min(s) for name, s in seconds.items()}
+
+    tokens_per_s = tokens / best["xlm_jax"]
     flops = metrics_lib.flops_per_token(config.model, config.data.seq_len, config.data.mask_prob)
     peak, source = metrics_lib.peak_flops()
-    print(f"model: {count_params(state.params) / 1e6:.1f}M params, layers={FLAGS.layers} "
+    print(f"model: {num_params / 1e6:.1f}M params, layers={FLAGS.layers} "
           f"hidden={FLAGS.hidden} heads={FLAGS.heads} ffn={FLAGS.ffn} vocab={FLAGS.vocab} "
           f"seq={FLAGS.seq} batch={FLAGS.batch} dtype={FLAGS.dtype} remat={FLAGS.remat}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak "
           f"{peak / 1e12:.3f} TFLOP/s ({source})")
-    print(f"compile: {compile_s:.1f}s  loss after warm-up: {float(metrics['loss']):.3f}")
-    print(f"xlm_jax: {1 / best:.2f} steps/s  {tokens_per_s:,.0f} tokens/s  "
+    print(f"compile: {compile_s['xlm_jax']:.1f}s  loss after warm-up: "
+          f"{float(first['xlm_jax']['loss']):.3f}")
+    print(f"xlm_jax: {1 / best['xlm_jax']:.2f} steps/s  {tokens_per_s:,.0f} tokens/s  "
           f"MFU {100 * tokens_per_s * flops / peak:.1f}%  "
-          f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB")
+          f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB"
+          + (" (the process's, peers included)" if FLAGS.compare else ""))
+    if not FLAGS.compare:
+        return
+    print(f"timing: best of {FLAGS.repeats} alternating rounds of {FLAGS.steps} steps per system")
+    for name in systems:
+        median = statistics.median(seconds[name])
+        print(f"{name}: {tokens / best[name]:,.0f} tokens/s best, {tokens / median:,.0f} median  "
+              f"(compile+first step {compile_s[name]:.1f}s, first loss "
+              f"{float(first[name]['loss'] if name == 'xlm_jax' else first[name]):.3f})")
+    ratios = {name: best[name] / best["xlm_jax"] for name in FLAGS.compare}
+    print(" ".join(f"ratio_vs_{name}={ratio:.2f}" for name, ratio in ratios.items()))
 
 
 if __name__ == "__main__":
