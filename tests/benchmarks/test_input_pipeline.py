@@ -25,8 +25,8 @@ def test_prints_rates_per_host_and_core_and_the_ratio_to_the_train_step(shared_d
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     number = r"[\d,]+"
-    for path in ("on the fly \(encode \+ pack\)", "on the fly, then masked and batched",
-                 "prepared \(sample \+ mask \+ batch\)"):
+    for path in (r"on the fly \(encode \+ pack\)", "on the fly, then masked and batched",
+                 r"prepared \(sample \+ mask \+ batch\)"):
         assert re.search(rf"{path}: {number} \w+/s  ({number}) tokens/s per host  ({number}) per core", out), out
     rates = re.search(rf"prepared .*?({number}) tokens/s per host", out).group(1)
     assert int(rates.replace(",", "")) > 0

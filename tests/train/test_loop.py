@@ -120,6 +120,20 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(corpus_dir, uninterrupted,
     assert losses(workdir) == uninterrupted
 
 
+def run_two_processes(workdir, corpus_dir, port: int) -> list[str]:
+    """The run as two processes on 127.0.0.1 (gloo), one CPU device each; their outputs."""
+    processes = [
+        subprocess.Popen(
+            command(workdir, corpus_dir, "--config.mesh.rules=fsdp", f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", f"--process_id={i}"),
+            cwd=REPO_ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out
+    return outputs
+
+
 def test_two_processes_match_one_process(corpus_dir, tmp_path):
     """Two processes on 127.0.0.1 (gloo), one CPU device each == one process with two devices."""
     single = tmp_path / "single"
@@ -128,15 +142,7 @@ def test_two_processes_match_one_process(corpus_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     multi = tmp_path / "multi"
-    processes = [
-        subprocess.Popen(
-            command(multi, corpus_dir, "--config.mesh.rules=fsdp", f"--coordinator_address=127.0.0.1:{port}",
-                    "--num_processes=2", f"--process_id={i}"),
-            cwd=REPO_ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out
+    outputs = run_two_processes(multi, corpus_dir, port)
     assert "in 2 process(es)" in outputs[0]
     assert "loss" not in outputs[1]  # only process 0 logs
     one, two = losses(single), losses(multi)
@@ -147,7 +153,14 @@ def test_two_processes_match_one_process(corpus_dir, tmp_path):
                 if "sampled" in line] for workdir in (single, multi)]
     assert sampled[0] == sampled[1] and sampled[0][-1]["sampled_examples"] == 8 * 8  # both processes' rows
 
-    # Resume the two-process run from step 3 in one process: same batches, same losses.
+    # Resume the two-process run from step 3 in two processes: bit for bit.
+    for step in (6, 8):
+        shutil.rmtree(multi / "checkpoints" / str(step))
+    resumed_outputs = run_two_processes(multi, corpus_dir, port)
+    assert "/checkpoints/3" in resumed_outputs[0]
+    assert losses(multi) == two
+
+    # ... and in one process: same batches, the same losses to float rounding.
     for step in (6, 8):
         shutil.rmtree(multi / "checkpoints" / str(step))
     resumed = run(multi, corpus_dir, "--config.mesh.rules=fsdp", devices=2)
