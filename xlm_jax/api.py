@@ -19,8 +19,6 @@ from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, load
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import state_shardings
 
-MASK_TEXT = "<mask>"
-
 
 class Model:
     """A trained MaskedLM with its tokenizer, on this process' devices."""
@@ -54,15 +52,16 @@ class Model:
         return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
 
     def predict_masked(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """The top_k pieces and probabilities for each `<mask>` in `text`."""
-        if MASK_TEXT not in text:
-            raise ValueError(f"text has no {MASK_TEXT}: {text!r}")
+        """The top_k pieces and probabilities for each mask token in `text`: `<mask>`, or
+        `[MASK]` for a WordPiece model (the tokenizer turns it into the mask id)."""
         t = self.tokenizer
-        parts = [p for piece in text.split(MASK_TEXT) for p in (t.encode([piece])[0], [t.mask_id])][:-1]
-        ids = self._batch([np.concatenate(parts).astype(np.int32)])
+        ids = self._batch([np.asarray(t.encode([text])[0], np.int32)])
+        positions = np.flatnonzero(ids[0] == t.mask_id)
+        if not positions.size:
+            raise ValueError(f"text has no {t.id_to_piece(t.mask_id)}: {text!r}")
         probs = jax.nn.softmax(self._logits(self.params, ids)[0].astype(jnp.float32), axis=-1)
         results = []
-        for position in np.flatnonzero(ids[0] == t.mask_id):
+        for position in positions:
             top = np.argsort(-np.asarray(probs[position]))[:top_k]
             results.append([(t.id_to_piece(int(i)), float(probs[position, i])) for i in top])
         return results

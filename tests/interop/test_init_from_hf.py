@@ -144,6 +144,7 @@ def test_mbert_style_checkpoint_continues_pretraining_with_its_wordpiece_vocab(s
     m = model.config.model
     assert (m.position_offset, m.pad_token_id, m.type_vocab_size, m.pooler) == (0, 0, 2, True)
     assert model.tokenizer.vocab_size == vocab_size and model.tokenizer.pad_id == 0
+    assert len(model.predict_masked("The [MASK] is here.", top_k=2)) == 1   # BERT's mask spelling
 
     export = subprocess.run(
         [sys.executable, "-m", "xlm_jax.main", "--mode=export_hf", f"--workdir={workdir}",
