@@ -49,12 +49,49 @@ class Tokenizer(Protocol):
     def id_to_piece(self, token_id: int) -> str: ...
 
 
-class SentencePieceTokenizer:
-    """A SentencePiece model that speaks fairseq ids (no `<s>`/`</s>` added by encode)."""
-    BOS_ID = 0           # the fairseq layout as class constants; callers use the instance properties
-    PAD_ID = 1
-    EOS_ID = 2
-    UNK_ID = 3
+class _FairseqLayout:
+    """The special ids SentencePiece and byte tokenizers share (XLM-R / fairseq): `<s>`=0
+    `<pad>`=1 `</s>`=2 `<unk>`=3 first, `<mask>` last; and, as transformers' XLMRobertaTokenizer,
+    specials written in a text become those tokens (`<mask>` swallowing the whitespace before it).
+    Subclasses give `vocab_size` and `_encode_plain` (texts without specials -> ids)."""
+    bos_id, pad_id, eos_id, unk_id = 0, 1, 2, 3
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return (self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id)
+
+    @property
+    def _special_names(self) -> dict[int, str]:
+        return {self.bos_id: "<s>", self.pad_id: "<pad>", self.eos_id: "</s>", self.unk_id: "<unk>",
+                self.mask_id: "<mask>"}
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """int32 ids per text (no `<s>`/`</s>` added); text between written specials is encoded plainly."""
+        texts = list(texts)
+        out = self._encode_plain(texts)
+        for i, text in enumerate(texts):
+            if "<" in text and len(parts := _XLMR_SPECIAL_TEXT.split(text)) > 1:
+                special = {name: token_id for token_id, name in self._special_names.items()}
+                ids = [[special[part.lstrip()]] if j % 2 else self._encode_plain([part])[0]
+                       for j, part in enumerate(parts) if part]
+                out[i] = np.concatenate(ids).astype(np.int32)
+        return out
+
+    def _checked(self, ids) -> np.ndarray:
+        """ids as a flat int64 array; DataError for one outside the vocabulary."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise DataError(f"token id {bad[0]} is outside this tokenizer's vocabulary of {self.vocab_size}")
+        return ids
+
+
+class SentencePieceTokenizer(_FairseqLayout):
+    """A SentencePiece model that speaks fairseq ids: every SentencePiece id shifted by one."""
 
     def __init__(self, model_proto: bytes):
         self.model_proto = bytes(model_proto)
@@ -68,7 +105,7 @@ class SentencePieceTokenizer:
                             "(0, 1, 2), as in XLM-R's sentencepiece.bpe.model")
         size = self._sp.vocab_size()
         self._to_fairseq = np.arange(1, size + 1, dtype=np.int32)   # piece k >= 3 -> k + 1
-        self._to_fairseq[:3] = (self.UNK_ID, self.BOS_ID, self.EOS_ID)
+        self._to_fairseq[:3] = (self.unk_id, self.bos_id, self.eos_id)
 
     @classmethod
     def load(cls, path) -> "SentencePieceTokenizer":
@@ -92,55 +129,11 @@ class SentencePieceTokenizer:
         return sentencepiece_model_pb2.ModelProto.FromString(self.model_proto).trainer_spec.byte_fallback
 
     @property
-    def bos_id(self) -> int:
-        return self.BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return self.EOS_ID
-
-    @property
-    def pad_id(self) -> int:
-        return self.PAD_ID
-
-    @property
-    def unk_id(self) -> int:
-        return self.UNK_ID
-
-    @property
     def vocab_size(self) -> int:
         return self._sp.vocab_size() + 2
 
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size - 1
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        return (self.BOS_ID, self.PAD_ID, self.EOS_ID, self.UNK_ID, self.mask_id)
-
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """int32 fairseq ids per text, encoded on all cores and mapped in one numpy gather.
-
-        As transformers' XLMRobertaTokenizer: `<s>`, `</s>`, `<pad>`, `<unk>` and `<mask>` written
-        in a text are those tokens (`<mask>` swallowing the whitespace before it), and the text
-        between them is encoded piece by piece.
-        """
-        texts = list(texts)
-        out = self._encode_plain(texts)
-        for i, text in enumerate(texts):
-            if "<" in text and len(parts := _XLMR_SPECIAL_TEXT.split(text)) > 1:
-                ids = [[self._special_text_ids[part.lstrip()]] if j % 2 else self._encode_plain([part])[0]
-                       for j, part in enumerate(parts) if part]
-                out[i] = np.concatenate(ids).astype(np.int32)
-        return out
-
-    @property
-    def _special_text_ids(self) -> dict[str, int]:
-        return {"<s>": self.BOS_ID, "<pad>": self.PAD_ID, "</s>": self.EOS_ID, "<unk>": self.UNK_ID,
-                "<mask>": self.mask_id}
-
     def _encode_plain(self, texts: list[str]) -> list[np.ndarray]:
+        """Encoded on all cores and mapped to fairseq ids in one numpy gather."""
         out = []
         for start in range(0, len(texts), _ENCODE_CHUNK):
             pieces = self._sp.encode(list(texts[start:start + _ENCODE_CHUNK]), out_type=int,
@@ -152,65 +145,38 @@ class SentencePieceTokenizer:
 
     def id_to_piece(self, token_id: int) -> str:
         """The piece of one fairseq id, e.g. '▁Welt'; specials by their XLM-R names."""
-        names = {self.BOS_ID: "<s>", self.PAD_ID: "<pad>", self.EOS_ID: "</s>", self.UNK_ID: "<unk>",
-                 self.mask_id: "<mask>"}
-        return names.get(token_id) or self._sp.id_to_piece(token_id - 1)
+        return self._special_names.get(token_id) or self._sp.id_to_piece(token_id - 1)
 
     def decode(self, ids) -> str:
         """Text of fairseq ids; the special tokens are dropped."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise DataError(f"token id {bad[0]} is outside this tokenizer's vocabulary of {self.vocab_size}")
+        ids = self._checked(ids)
         ids = ids[~np.isin(ids, self.special_ids)]
         return self._sp.decode((ids - 1).tolist())
 
 
-class ByteTokenizer:
+class ByteTokenizer(_FairseqLayout):
     """UTF-8 bytes in the fairseq layout: `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3, byte b = b + 4, `<mask>`=260.
 
     Every text encodes, so `<unk>` never appears; specials written in a text are those tokens,
     as in SentencePieceTokenizer (so `<mask>` works in api.predict_masked).
     """
-    BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
     OFFSET = 4           # id of byte 0
-    VOCAB_SIZE = OFFSET + 256 + 1
-    bos_id, pad_id, eos_id, unk_id = BOS_ID, PAD_ID, EOS_ID, UNK_ID
-    mask_id = VOCAB_SIZE - 1
-    vocab_size = VOCAB_SIZE
-    special_ids = (BOS_ID, PAD_ID, EOS_ID, UNK_ID, VOCAB_SIZE - 1)
-    _NAMES = {BOS_ID: "<s>", PAD_ID: "<pad>", EOS_ID: "</s>", UNK_ID: "<unk>", VOCAB_SIZE - 1: "<mask>"}
+    vocab_size = OFFSET + 256 + 1
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """int32 ids per text: its UTF-8 bytes + 4 (no `<s>`/`</s>` added)."""
-        specials = {name: token_id for token_id, name in self._NAMES.items()}
-        out = []
-        for text in texts:
-            if "<" in text and len(parts := _XLMR_SPECIAL_TEXT.split(text)) > 1:
-                ids = [np.array([specials[part.lstrip()]], np.int32) if j % 2 else self._bytes(part)
-                       for j, part in enumerate(parts) if part]
-                out.append(np.concatenate(ids))
-            else:
-                out.append(self._bytes(text))
-        return out
-
-    def _bytes(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + self.OFFSET
+    def _encode_plain(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + self.OFFSET
+                for text in texts]
 
     def decode(self, ids) -> str:
         """Text of ids; specials are dropped and broken UTF-8 becomes U+FFFD."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise DataError(f"token id {bad[0]} is outside this tokenizer's vocabulary of {self.vocab_size}")
+        ids = self._checked(ids)
         ids = ids[(ids >= self.OFFSET) & (ids < self.mask_id)]
         return (ids - self.OFFSET).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def id_to_piece(self, token_id: int) -> str:
         """'<0xE2>' for a byte (as SentencePiece's byte pieces), specials by their XLM-R names."""
-        if not 0 <= token_id < self.vocab_size:
-            raise DataError(f"token id {token_id} is outside this tokenizer's vocabulary of {self.vocab_size}")
-        return self._NAMES.get(token_id) or f"<0x{token_id - self.OFFSET:02X}>"
+        self._checked(token_id)
+        return self._special_names.get(token_id) or f"<0x{token_id - self.OFFSET:02X}>"
 
 
 def tokenizer_kind(tokenizer: Tokenizer) -> str:
