@@ -114,6 +114,17 @@ class Reader:
         if stats.num_skipped:
             self.log(stats.summary())
 
+    def finish_file(self, stats: ReadStats, data: bytes, kept: int, expected: str) -> None:
+        """`finish` for a file, which is dropped (see `drop`) when it held no usable line;
+        `expected` says what it should hold."""
+        stats.kept = kept
+        self.finish(stats)
+        if not data:
+            self.drop(f"{stats.source} is empty; remove it or fill it with {expected}")
+        elif not kept:
+            left = " left after skipping bad lines" if stats.num_skipped else ""
+            self.drop(f"{stats.source} has no non-empty line{left}; remove it or fill it with {expected}")
+
     def total(self) -> str:
         """One line for the corpus origin: lines skipped over all files, and what was dropped whole."""
         skipped = sum(s.num_skipped for s in self.stats)
@@ -178,13 +189,7 @@ class Reader:
         stats = ReadStats(path)
         data = _read_bytes(path)
         sentences = [text for _, text in self.lines(data, stats, path)]
-        stats.kept = len(sentences)
-        self.finish(stats)
-        if not data:
-            self.drop(f"{path} is empty; remove it or fill it with one sentence per line")
-        elif not sentences:
-            self.drop(f"{path} has no non-empty line{' left after skipping bad lines' if stats.num_skipped else ''}; "
-                      "remove it or fill it with one sentence per line")
+        self.finish_file(stats, data, len(sentences), "one sentence per line")
         return sentences
 
     def read_tsv(self, path: str, src: str, tgt: str) -> list[tuple[str, str]]:
@@ -204,13 +209,7 @@ class Reader:
                          "columns")
             else:
                 pairs.append((columns[0], columns[1]))
-        stats.kept = len(pairs)
-        self.finish(stats)
-        if not data:
-            self.drop(f"{path} is empty; remove it or fill it with <{src}>TAB<{tgt}> pairs")
-        elif not pairs:
-            self.drop(f"{path} has no non-empty line{' left after skipping bad lines' if stats.num_skipped else ''}; "
-                      f"remove it or fill it with <{src}>TAB<{tgt}> pairs")
+        self.finish_file(stats, data, len(pairs), f"<{src}>TAB<{tgt}> pairs")
         return pairs
 
 
