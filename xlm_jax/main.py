@@ -39,9 +39,9 @@ def main(argv):
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
     try:
+        if _CONFIG.value is None and _MODE.value != "export_hf":   # export reads the run's config.json
+            raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
         if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
-            if _CONFIG.value is None:
-                raise XlmJaxError("--mode=train_tokenizer needs --config=configs/<recipe>.py")
             from xlm_jax.data.tokenizer_report import train_tokenizer
             train_tokenizer(_CONFIG.value, _WORKDIR.value)
             return
@@ -54,8 +54,6 @@ def main(argv):
             from xlm_jax.interop.hf import export_run
             print(export_run(_WORKDIR.value, _EXPORT_DIR.value, _STEP.value))
             return
-        if _CONFIG.value is None:
-            raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
         if _MODE.value == "train":
             from xlm_jax.train.loop import train_and_evaluate
             train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -96,12 +96,8 @@ def _tokenizer(config, workdir, train_text, probs, log) -> Tokenizer:
         log(f"tokenizer: loaded {path} ({tokenizer.vocab_size} ids)")
         return tokenizer
     d = config.data
-    if d.tokenizer == "bytes":
+    if d.tokenizer == "bytes":   # config.validate has checked model.vocab_size against its 261 ids
         tokenizer = ByteTokenizer()
-        if tokenizer.vocab_size != config.model.vocab_size:
-            raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but "
-                              f"data.tokenizer=\"bytes\" has {tokenizer.vocab_size} ids; set "
-                              f"--config.model.vocab_size={tokenizer.vocab_size}")
         log(f"tokenizer: UTF-8 bytes ({tokenizer.vocab_size} ids)")
     else:
         tokenizer = train_sentencepiece(train_text, probs, config.model.vocab_size,

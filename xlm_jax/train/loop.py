@@ -77,25 +77,15 @@ def to_global(local_batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def extend_vocab_once_per_workdir(config, source, workdir, resuming: bool):
-    """Process 0 extends (or finds) the workdir's tokenizer first; the others then read it."""
-    multihost_utils.sync_global_devices("imported tokenizer in place")
+def process_zero_first(done: str, task):
+    """task(log) on process 0, then, once it is `done` (it may write workdir files the others
+    read, such as the tokenizer), task(silent log) on the other processes."""
     if jax.process_index() == 0:
-        tokenizers = adopt_vocab_extension(config, source, workdir, resuming=resuming, log=log)
-    multihost_utils.sync_global_devices("vocabulary extended")
+        result = task(log)
+    multihost_utils.sync_global_devices(done)
     if jax.process_index() != 0:
-        tokenizers = adopt_vocab_extension(config, source, workdir, resuming=resuming, log=lambda _: None)
-    return tokenizers
-
-
-def prepare_data_once_per_workdir(config, workdir):
-    """Process 0 trains (or loads) the tokenizer first; the others then load it."""
-    if jax.process_index() == 0:
-        data = prepare_data(config, workdir, log=log)
-    multihost_utils.sync_global_devices("tokenizer ready")
-    if jax.process_index() != 0:
-        data = prepare_data(config, workdir, log=lambda _: None)
-    return data
+        result = task(lambda _: None)
+    return result
 
 
 class MetricsLog:
@@ -289,12 +279,14 @@ class Run:
         if config.init_from:
             source = config.init_from.removeprefix("hf:")
             adopt_hf_model(config, source, workdir)
-            self.vocab_extension = extend_vocab_once_per_workdir(
-                config, source, workdir, resuming=self.checkpoints.latest_step() is not None)
+            resuming = self.checkpoints.latest_step() is not None
+            multihost_utils.sync_global_devices("imported tokenizer in place")
+            self.vocab_extension = process_zero_first("vocabulary extended", lambda log: adopt_vocab_extension(
+                config, source, workdir, resuming=resuming, log=log))
             config_lib.validate(config)
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
-        self.data = prepare_data_once_per_workdir(config, workdir)
+        self.data = process_zero_first("tokenizer ready", lambda log: prepare_data(config, workdir, log=log))
         self.model = MaskedLM(config.model)
         self.optimizer = make_optimizer(config.train)
         self.abstract_state, self.shardings = state_shardings(
