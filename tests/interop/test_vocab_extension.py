@@ -13,11 +13,12 @@ import pytest
 from tests.interop.test_hf_import import save_random_xlmr
 from tests.train.test_loop import REPO_ROOT, TINY, environment
 from xlm_jax import config as config_lib
+from xlm_jax.data.tokenizer_report import fertility
 from xlm_jax.data.tokenizers import train_sentencepiece
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.interop.hf import import_hf
 from xlm_jax.interop.vocab import (WORD_START, adopt_vocab_extension, extend_params, extend_sentencepiece,
-                                   fertility, new_row_sources)
+                                   new_row_sources)
 from xlm_jax.models.heads import MaskedLM
 
 pytest.importorskip("torch")

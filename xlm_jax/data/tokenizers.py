@@ -122,11 +122,15 @@ class SentencePieceTokenizer(_FairseqLayout):
         """Writes a temp file and renames it, so a killed run never leaves half a model."""
         _atomic_write(epath.Path(path), self.model_proto)
 
+    def proto(self):
+        """The model as a (fresh, editable) sentencepiece_model_pb2.ModelProto."""
+        from sentencepiece import sentencepiece_model_pb2
+        return sentencepiece_model_pb2.ModelProto.FromString(self.model_proto)
+
     @property
     def byte_fallback(self) -> bool:
         """Whether characters outside the vocabulary become byte pieces (else `<unk>`)."""
-        from sentencepiece import sentencepiece_model_pb2
-        return sentencepiece_model_pb2.ModelProto.FromString(self.model_proto).trainer_spec.byte_fallback
+        return self.proto().trainer_spec.byte_fallback
 
     @property
     def vocab_size(self) -> int:
@@ -186,7 +190,7 @@ def tokenizer_kind(tokenizer: Tokenizer) -> str:
     if isinstance(tokenizer, WordPieceTokenizer):
         return "wordpiece"
     from sentencepiece import sentencepiece_model_pb2
-    spec = sentencepiece_model_pb2.ModelProto.FromString(tokenizer.model_proto).trainer_spec
+    spec = tokenizer.proto().trainer_spec
     return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
 
 

@@ -21,8 +21,8 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from xlm_jax.data.pipeline import split_held_out
-from xlm_jax.data.tokenizer_report import fertility   # noqa: F401 (also this module's API)
 from xlm_jax.data.sources import load_corpus
+from xlm_jax.data.tokenizer_report import fertility
 from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer,
                                      tokenizer_from_hf_directory)
 from xlm_jax.errors import ConfigError, DataError
@@ -50,12 +50,6 @@ _TRAINER_FLAGS = ("split_by_whitespace", "split_by_unicode_script", "split_by_nu
 DEFAULT_SCORE_OFFSET = float(np.log(0.5))
 
 
-def _model(tokenizer: SentencePieceTokenizer) -> sp_pb2.ModelProto:
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(tokenizer.model_proto)
-    return proto
-
-
 def extend_sentencepiece(tokenizer: SentencePieceTokenizer, sentences: list[str], num_pieces: int, *,
                          character_coverage: float = 0.9995, input_sentence_size: int = 300_000,
                          score_offset: float = DEFAULT_SCORE_OFFSET, seed: int = 0,
@@ -68,7 +62,7 @@ def extend_sentencepiece(tokenizer: SentencePieceTokenizer, sentences: list[str]
     Only NORMAL pieces are appended: the new model trains without byte fallback, and its
     `<unk>`, `<s>`, `</s>` are the old model's.
     """
-    old = _model(tokenizer)
+    old = tokenizer.proto()
     if old.trainer_spec.model_type != _UNIGRAM:
         raise DataError(f"vocabulary extension needs a unigram SentencePiece model; this one is "
                         f"{sp_pb2.TrainerSpec.ModelType.Name(old.trainer_spec.model_type)}")
@@ -113,7 +107,7 @@ def extend_sentencepiece(tokenizer: SentencePieceTokenizer, sentences: list[str]
 def _old_tokenization(old_tokenizer: SentencePieceTokenizer, pieces: list[str]) -> list[np.ndarray]:
     """Old fairseq ids covering exactly each piece's surface: '▁abc' as a word start, 'abc' as
     the inside of a word (no dummy '▁' prefix is added, whitespace is kept as written)."""
-    proto = _model(old_tokenizer)
+    proto = old_tokenizer.proto()
     proto.normalizer_spec.add_dummy_prefix = False
     proto.normalizer_spec.remove_extra_whitespaces = False
     literal = SentencePieceTokenizer(proto.SerializeToString())
@@ -127,7 +121,7 @@ def new_row_sources(old_tokenizer: SentencePieceTokenizer,
     '▁' piece (it would pull every word-initial new piece toward one vector) and without
     `<unk>`, unless nothing else is left. Byte-fallback pieces stay: they are the old model's
     own reading of characters it has no piece for."""
-    old, new = _model(old_tokenizer), _model(new_tokenizer)
+    old, new = old_tokenizer.proto(), new_tokenizer.proto()
     n = len(old.pieces)
     if len(new.pieces) < n or any(a.piece != b.piece for a, b in zip(old.pieces, new.pieces)):
         raise DataError("the new tokenizer does not extend the old one: its first "
