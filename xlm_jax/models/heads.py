@@ -13,6 +13,24 @@ def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.take_along_axis(hidden, positions[..., None], axis=1)
 
 
+@jax.custom_vjp
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """x + bias whose bias gradient is a ones-vector matmul.
+
+    XLA:CPU reduces [tokens, 32k+ vocab] over tokens ~50x slower than it multiplies the
+    same gradient by a ones vector (measured: 50 ms against 1 ms for 320 x 32000).
+    """
+    return x + bias
+
+
+def _add_bias_backward(_, grad):
+    rows = grad.reshape(-1, grad.shape[-1])
+    return grad, (jnp.ones((1, rows.shape[0]), rows.dtype) @ rows)[0]
+
+
+add_bias.defvjp(lambda x, bias: (x + bias, None), _add_bias_backward)
+
+
 class MaskedLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + output bias."""
     config: Any
@@ -32,7 +50,7 @@ class MaskedLMHead(nn.Module):
         h = layer_norm(c, "LayerNorm")(h)
         bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("vocab",)),
                           (c.vocab_size,), jnp.float32)
-        logits = over_tokens(embeddings.attend, h) + bias.astype(dtype)
+        logits = add_bias(over_tokens(embeddings.attend, h), bias.astype(dtype))
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
