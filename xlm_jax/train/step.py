@@ -77,13 +77,15 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh
         loss = terms["loss_sum"] / count
         grad_norm = optax.tree.norm(grads)
 
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)
-        new_state = TrainState(step=state.step + 1,
-                               params=jax.tree.map(keep, new_params, state.params),
-                               opt_state=jax.tree.map(keep, new_opt_state, state.opt_state))
+
+        def update(params, opt_state):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        new_params, new_opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o),
+                                                 state.params, state.opt_state)
+        new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state)
         metrics = {"loss": loss, "accuracy": terms["correct"] / count, "grad_norm": grad_norm,
                    "learning_rate": schedule_fn(state.step), "masked_tokens": terms["count"],
                    "nonfinite": (~finite).astype(jnp.int32)}
