@@ -55,6 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.tfds_text_key = "text"
     d.on_bad_line = "error"      # undecodable / over-long lines, bad TSV rows: "error" or "skip" (counted, logged)
     d.max_line_chars = 100_000   # longer lines are bad lines (0 = no limit)
+    d.shards = 0                 # S virtual shards of the corpus; row j of a global batch is shard j * S // batch,
+                                 # each process reads its rows' shards; 0 = train.batch_size (one per row)
     d.alpha = 0.3                # temperature sampling exponent (XLM-R): q_i ~ n_i^alpha
     d.sampling_unit = "sentences"  # n_i counts "sentences" or "tokens" (of the packed training text)
     d.language_caps = ""         # "en:0.2,...": max q_i per language; the others share the rest
@@ -165,7 +167,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",
                   "model.num_languages", "data.max_sentences_per_language",
                   "data.eval_sentences_per_language", "data.max_eval_languages", "data.extend_vocab_pieces",
-                  "data.max_line_chars",
+                  "data.max_line_chars", "data.shards",
                   "model.dropout_rate",
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
@@ -201,6 +203,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for beta in ("b1", "b2"):
         _require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
                  f"got {t[beta]!r}; Adam betas must be in [0, 1)")
+    _require(isinstance(d.shards, int) and (not d.shards or t.batch_size % d.shards == 0), "data.shards",
+             f"got {d.shards!r}; the shards must divide train.batch_size={t.batch_size} (0 = one per row); "
+             f"use one of {', '.join(str(s) for s in range(1, t.batch_size + 1) if t.batch_size % s == 0)}")
     _require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
              f"batch_size {t.batch_size} is not divisible by grad_accum_steps {t.grad_accum_steps}")
     _require(t.warmup_steps <= t.num_steps, "train.warmup_steps",

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from xlm_jax.data.sources import DEFAULT_LOCALE_DIRS, read_gettext_catalogs
+from xlm_jax.data.gettext_corpus import DEFAULT_LOCALE_DIRS, read_gettext_catalogs
 from xlm_jax.errors import DataError
 
 

@@ -254,7 +254,7 @@ def test_config_fields_and_pipeline_masker(tokenizer, blocks):
     with pytest.raises(ConfigError, match="cannot be combined"):
         validate(both)
 
-    data = types.SimpleNamespace(tokenizer=tokenizer, train_blocks=[blocks[:100], blocks[100:200]])
+    data = types.SimpleNamespace(tokenizer=tokenizer, token_counts=token_counts(blocks[:200], tokenizer.vocab_size))
     c.data.seq_len = SEQ_LEN
     plain = pipeline._masker(data, c)(blocks[0], tf.constant([1, 2], tf.int64))
     c.data.whole_word_mask = True

@@ -1,4 +1,7 @@
-"""prepare_data on real text, then the batch streams: shapes, determinism, resume, multi-process, mixture."""
+"""prepare_data on real text, then the batch streams: shapes, determinism, resume, mixture.
+
+Several processes: tests/data/test_shard_invariance.py (threads) and tests/train/test_loop.py.
+"""
 import os
 
 import numpy as np
@@ -9,10 +12,11 @@ from xlm_jax.data import pipeline
 from xlm_jax.data.masking import max_predictions
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
 from xlm_jax.data.sampling import temperature_probs
+from xlm_jax.data.text import read_text
 from xlm_jax.errors import ConfigError
 
-SIZES = {"en": 800, "el": 400, "hy": 200, "sw": 100, "yo": 8}   # yo: too small to hold out eval text
-BATCH, SEQ_LEN = 16, 32
+SIZES = {"en": 800, "el": 400, "hy": 200, "sw": 100, "yo": 8}   # yo: replicated, too small to hold out text
+BATCH, SEQ_LEN, SHARDS = 16, 32, 4
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +28,7 @@ def config(shared_data, tmp_path_factory):
     c = default_config()
     c.data.corpus_dir = str(corpus)
     c.data.seq_len = SEQ_LEN
+    c.data.shards = SHARDS
     c.data.alpha = 0.5
     c.data.eval_sentences_per_language = 30
     c.data.tokenizer_sentences = 3000
@@ -65,22 +70,28 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_prepare_data(prepared, workdir):
+def test_prepare_data(prepared, config, workdir):
     data, logs = prepared
-    assert data.languages == sorted(SIZES)
-    held_out = {lang: min(30, n // 10) for lang, n in SIZES.items()}
-    assert data.counts == {lang: n - held_out[lang] for lang, n in SIZES.items()}
+    assert data.languages == sorted(SIZES) and data.replicated == ["yo"] and data.shards == range(SHARDS)
+    text = read_text(config, log=lambda _: None)
+    for lang, n in SIZES.items():   # a sharded language holds out ceil(30 / 4) = 8 a shard, at most a tenth
+        per_shard = text.sentences[text.languages.index(lang)]
+        assert per_shard.sum() == n
+        held_out = min(30, n // 10) if lang == "yo" else np.minimum(8, per_shard // 10).sum()
+        assert data.counts[lang] == n - held_out
     probs = temperature_probs(data.counts, 0.5)
     assert data.probs == pytest.approx([probs[lang] for lang in data.languages])
     assert data.tokenizer.vocab_size == 500
-    for blocks in data.train_blocks:
-        assert blocks.dtype == np.int32 and blocks.shape[1] == SEQ_LEN and len(blocks) > 0
-        assert np.all(blocks[:, 0] == 0) and blocks.max() < 500
-    eval_sizes = dict(zip(data.languages, map(len, data.eval_blocks)))
-    assert eval_sizes["yo"] == 0 and all(n > 0 for lang, n in eval_sizes.items() if lang != "yo")
+    for lang, shards in zip(data.languages, data.train_blocks):
+        assert len(shards) == SHARDS and (lang != "yo" or all(b is shards[0] for b in shards))
+        for blocks in shards:
+            assert blocks.dtype == np.int32 and blocks.shape[1] == SEQ_LEN and len(blocks) > 0
+            assert np.all(blocks[:, 0] == 0) and blocks.max() < 500
+    assert data.evaluated == ["el", "en", "hy", "sw"] and len(data.eval_blocks[data.languages.index("yo")][0]) == 0
     assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
     log = "\n".join(logs)
     assert "q_i" in log and "not evaluated" in log and "yo" in log.split("not evaluated")[1]
+    assert "replicated (fewer than 10 sentences in some shard" in log and "over 4 shards" in log
 
 
 def test_batch_shapes_and_dtypes(prepared, config):
@@ -93,11 +104,12 @@ def test_batch_shapes_and_dtypes(prepared, config):
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
 
 
-def test_examples_are_blocks_of_their_language(prepared, config):
+def test_examples_are_blocks_of_their_language_from_their_shard(prepared, config):
     data, _ = prepared
     for batch in _take(train_batches(data, config, start_step=0), 3):
-        for original, language in zip(_originals(batch), batch["language"]):
-            assert (data.train_blocks[language] == original).all(axis=1).any()
+        for row, (original, language) in enumerate(zip(_originals(batch), batch["language"])):
+            shard = row * SHARDS // BATCH
+            assert (data.train_blocks[language][shard] == original).all(axis=1).any()
 
 
 def test_two_iterators_agree(prepared, config):
@@ -116,17 +128,6 @@ def test_resume_gives_the_same_batches(prepared, config):
     assert not np.array_equal(uninterrupted[0]["input_ids"], uninterrupted[1]["input_ids"])
 
 
-def test_processes_split_the_same_global_batch(prepared, config):
-    data, _ = prepared
-    whole = _take(train_batches(data, config, start_step=2), 3)
-    parts = [_take(train_batches(data, config, start_step=2, process_index=i, process_count=2), 3) for i in (0, 1)]
-    for step, batch in enumerate(whole):
-        assert parts[0][step]["input_ids"].shape == (BATCH // 2, SEQ_LEN)
-        _assert_same(batch, {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in batch})
-    with pytest.raises(ConfigError, match="train.batch_size"):
-        train_batches(data, config, start_step=0, process_count=3)
-
-
 def test_language_mixture_follows_q(prepared, config):
     data, _ = prepared
     languages = np.concatenate([b["language"] for b in _take(train_batches(data, config, start_step=0), 250)])
@@ -143,12 +144,11 @@ def test_eval_batches_are_fixed(prepared, config):
     for a, b in zip(first, second):
         _assert_same(a, b)
         assert np.all(a["language"] == index)
-    originals = np.concatenate([_originals(b) for b in first])
-    blocks = data.eval_blocks[index]
-    np.testing.assert_array_equal(originals, blocks[np.arange(len(originals)) % len(blocks)])
-    halves = [eval_batches(data, config, index, process_index=i, process_count=2) for i in (0, 1)]
-    for step, batch in enumerate(first):
-        _assert_same(batch, {k: np.concatenate([halves[0][step][k], halves[1][step][k]]) for k in batch})
+    rows = BATCH // SHARDS   # row j of eval batch b: held-out block b * rows + j % rows of shard j // rows
+    for b, batch in enumerate(first):
+        for j, original in enumerate(_originals(batch)):
+            blocks = data.eval_blocks[index][j // rows]
+            np.testing.assert_array_equal(original, blocks[(b * rows + j % rows) % len(blocks)])
     assert eval_batches(data, config, data.languages.index("yo")) == []
 
 
@@ -167,7 +167,8 @@ def test_tokenizer_is_reused_from_the_workdir(prepared, config, workdir, monkeyp
     assert os.stat(path).st_mtime_ns == mtime
     assert any("loaded" in line for line in logs)
     for a, b in zip(again.train_blocks, data.train_blocks):
-        np.testing.assert_array_equal(a, b)
+        for shard_a, shard_b in zip(a, b):
+            np.testing.assert_array_equal(shard_a, shard_b)
 
 
 def test_vocab_size_must_match_the_saved_tokenizer(config, workdir, prepared):
@@ -190,7 +191,7 @@ def test_a_wordpiece_tokenizer_in_the_workdir_packs_bert_blocks(config, tmp_path
     bert.model.vocab_size = len(vocab)
     data = prepare_data(bert, str(tmp_path), log=lambda line: None)
     assert isinstance(data.tokenizer, WordPieceTokenizer) and not (tmp_path / "tokenizer.model").exists()
-    blocks = np.concatenate(data.train_blocks)
+    blocks = np.concatenate([b for shards in data.train_blocks for b in shards])
     assert np.all(blocks[:, 0] == 2) and np.sum(blocks == 3) > 0 and blocks[-1, -1] == 0
     assert not np.isin(blocks[:, 1:], [2, 4]).any()
     batch = next(train_batches(data, bert, start_step=0))

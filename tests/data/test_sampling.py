@@ -143,13 +143,14 @@ def test_realized_language_fractions_match_q():
     languages = sorted(sizes)
     probs = language_probs(sizes, 0.3, caps="en:0.35", floors="yo:0.08")
     assert probs["en"] == pytest.approx(0.35) and probs["yo"] == pytest.approx(0.08)
-    data = PretrainData(languages=languages, probs=[probs[lang] for lang in languages],
-                        train_blocks=[np.full((sizes[lang], 16), 10 + i, np.int32) for i, lang in enumerate(languages)],
-                        eval_blocks=[np.zeros((0, 16), np.int32)] * len(languages),
+    data = PretrainData(languages=languages, probs=[probs[lang] for lang in languages], counts=sizes,
                         tokenizer=types.SimpleNamespace(vocab_size=100, mask_id=4, special_ids=(0, 1, 2, 3, 4)),
-                        counts=sizes)
+                        num_shards=1, shards=range(1), evaluated=[],
+                        train_blocks=[[np.full((sizes[lang], 16), 10 + i, np.int32)]
+                                      for i, lang in enumerate(languages)],
+                        eval_blocks=[[np.zeros((0, 16), np.int32)]] * len(languages))
     config = default_config()
-    config.data.seq_len, config.train.batch_size, config.train.seed = 16, 32, 7
+    config.data.seq_len, config.train.batch_size, config.train.seed, config.data.shards = 16, 32, 7, 1
     batches = train_batches(data, config, start_step=0)
     rows = []
     for _ in range(200):
@@ -201,7 +202,7 @@ def _prepare(tmp_path, train_tokenizer=False, **data_fields):
         save_tokenizer(WordPieceTokenizer(vocab), workdir)   # a tokenizer in the workdir is reused, not trained
     config = default_config()
     config.data.corpus_dir, config.data.seq_len, config.data.alpha = str(corpus), 16, 1.0
-    config.data.eval_sentences_per_language = 0
+    config.data.eval_sentences_per_language, config.data.shards = 0, 1   # one stream a language, as counted below
     config.model.vocab_size, config.train.num_steps, config.train.batch_size = len(vocab), 100, 8
     config.data.update(data_fields)
     validate(config)
@@ -219,7 +220,7 @@ def test_sentence_counts_and_start_table(tmp_path):
     assert data.counts == {"en": 200, "sw": 50}
     assert data.probs == pytest.approx([0.8, 0.2])
     assert "(alpha=1.0, n_i in sentences)" in log
-    blocks = dict(zip(data.languages, map(len, data.train_blocks)))
+    blocks = {lang: len(shards[0]) for lang, shards in zip(data.languages, data.train_blocks)}
     rows = _table_rows(log)
     for lang, q in (("en", 0.8), ("sw", 0.2)):   # epochs = q_i * 100 steps * 8 / blocks_i
         assert rows[lang] == [f"{data.counts[lang]:,}", f"{data.counts[lang] / 250:.4f}", f"{q:.4f}",
@@ -231,7 +232,7 @@ def test_token_counts_are_the_packed_training_tokens(tmp_path):
     # en: "ab ba" -> a ##b b ##a + [SEP] = 5 tokens a line; sw: 12 words of 4 letters + [SEP] = 49;
     # plus one [CLS] per packed block (15 tokens after it)
     en_blocks, sw_blocks = -(-200 * 5 // 15), -(-50 * 49 // 15)
-    assert [len(b) for b in data.train_blocks] == [en_blocks, sw_blocks]
+    assert [len(shards[0]) for shards in data.train_blocks] == [en_blocks, sw_blocks]
     assert data.counts == {"en": 200 * 5 + en_blocks, "sw": 50 * 49 + sw_blocks}
     share = data.counts["sw"] / sum(data.counts.values())
     assert share > 0.6 and data.probs == pytest.approx([0.4, 0.6])   # sw capped

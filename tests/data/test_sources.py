@@ -6,7 +6,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from xlm_jax.data.sources import load_corpus, read_corpus_dir
+from xlm_jax.data.corpus import load_corpus, read_corpus_dir
 from xlm_jax.errors import DataError
 
 

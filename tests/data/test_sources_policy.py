@@ -8,7 +8,8 @@ import pytest
 from hypothesis import strategies as st
 
 from xlm_jax import config as config_lib
-from xlm_jax.data.sources import Reader, load_corpus, parse_files_spec, read_corpus_dir
+from xlm_jax.data.corpus import load_corpus, read_corpus_dir
+from xlm_jax.data.sources import Reader, parse_files_spec
 from xlm_jax.errors import ConfigError, DataError
 
 
@@ -121,7 +122,8 @@ def test_skip_policy_counts_and_logs_once_per_file(tmp_path):
     assert reader.read_txt(str(path)) == ["good one", "good two"]
     assert logs == [f"skipped 4 lines of {path}: 2 undecodable (first at line 3), 2 over-long (first at line 4); "
                     "kept 2, 2 empty lines ignored"]
-    assert reader.total() == "skipped 4 bad lines in 1 files (2 undecodable, 2 over-long)"
+    corpus = load_corpus(_data_config(corpus_dir=str(tmp_path), on_bad_line="skip", max_line_chars=40))
+    assert corpus.origin.endswith("(skipped 4 bad lines in 1 files (2 undecodable, 2 over-long))")
 
 
 def test_skip_policy_tsv_rows_and_total_in_origin(tmp_path):

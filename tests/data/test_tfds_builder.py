@@ -4,7 +4,7 @@ import types
 import pytest
 import tensorflow_datasets as tfds
 
-from xlm_jax.data.sources import load_corpus, read_corpus_dir
+from xlm_jax.data.corpus import load_corpus, read_corpus_dir
 from xlm_jax.data.tfds_builder import parse_tfds_datasets, prepare_local_corpus
 from xlm_jax.errors import DataError
 

@@ -235,3 +235,21 @@ def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
 
     with pytest.raises(CheckpointError, match="config.json"):
         xlm_jax.load(str(tmp_path))
+
+
+def test_resuming_with_other_data_shards_is_refused_and_another_process_count_is_logged():
+    from xlm_jax.config import default_config
+    from xlm_jax.errors import ConfigError
+    from xlm_jax.train.loop import resume_note
+
+    config = default_config()
+    config.train.batch_size, config.data.shards = 16, 0
+    written = {"next_step": 3, "global_batch": 16, "process_count": 2, "shards": 16}
+    assert resume_note(written, config, 2, "ckpt") is None
+    assert resume_note(written, config, 1, "ckpt").startswith("resuming on 1 process(es) instead of 2: every global")
+    config.data.shards = 8
+    older = {key: value for key, value in written.items() if key != "shards"}   # before data.shards existed
+    assert resume_note(older, config, 2, "ckpt") is None
+    with pytest.raises(ConfigError, match=r"`data.shards`: the checkpoints in ckpt were written with 16 shards and "
+                                          r"this config has 8.*--config.data.shards=16"):
+        resume_note(written, config, 2, "ckpt")

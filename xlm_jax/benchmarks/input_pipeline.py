@@ -33,17 +33,17 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def on_the_fly(data, corpus, config, seconds: float) -> tuple[int, int, float]:
+def on_the_fly(data, text, config, seconds: float) -> tuple[int, int, float]:
     """(sentences, packed tokens, seconds) of encoding and packing the training text, in
     chunks, until `seconds` have passed or the text runs out."""
     from xlm_jax.data.examples import pack_stream
 
     tokenizer, seq_len = data.tokenizer, config.data.seq_len
-    text = [s for lang in data.languages for s in corpus.mono[lang]]
+    lines = [s for lang in data.languages for s in text.own_train(lang)]
     sentences = tokens = 0
     start = time.perf_counter()
-    for begin in range(0, len(text), 20_000):
-        chunk = text[begin:begin + 20_000]
+    for begin in range(0, len(lines), 20_000):
+        chunk = lines[begin:begin + 20_000]
         blocks = pack_stream(tokenizer.encode(chunk), seq_len, tokenizer.bos_id, tokenizer.eos_id,
                              tokenizer.pad_id)
         sentences, tokens = sentences + len(chunk), tokens + blocks.size
@@ -81,16 +81,16 @@ def main(argv):
 
     from xlm_jax.config import validate
     from xlm_jax.data.pipeline import prepare_data
-    from xlm_jax.data.sources import load_corpus
+    from xlm_jax.data.text import read_text
 
     tf.config.set_visible_devices([], "GPU")
     config = validate(_CONFIG.value)
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="xlm_jax_input_bench_")
-    data = prepare_data(config, workdir, log=lambda _: None)
-    corpus = load_corpus(config.data, log=lambda _: None)
+    text = read_text(config, log=lambda _: None)
+    data = prepare_data(config, workdir, log=lambda _: None, text=text)
     cores, seq_len = cpu_cores(), config.data.seq_len
 
-    sentences, fly_tokens, fly_s = on_the_fly(data, corpus, config, _SECONDS.value)
+    sentences, fly_tokens, fly_s = on_the_fly(data, text, config, _SECONDS.value)
     examples, prep_s = prepared(data, config, _SECONDS.value)
     fly_rate, prep_rate = fly_tokens / fly_s, examples * seq_len / prep_s
     combined = 1 / (1 / fly_rate + 1 / prep_rate)   # tokenize + pack, then mask + batch

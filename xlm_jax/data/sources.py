@@ -1,23 +1,24 @@
-"""Where pretraining text comes from: a directory of plain files, or this machine's gettext catalogs.
+"""Corpus files: finding them (corpus dirs, `data.files`) and reading them, whole or a shard's part,
+with one bad-line policy.
 
-Both give a `Corpus` of per-language sentences (for MLM) and sentence pairs (for TLM).
-The gettext catalogs are the zero-setup corpus: every Linux machine ships real human
-translations of its programs' messages in ~100-200 locales, parallel by construction.
+xlm_jax.data.corpus puts the sources of a config together into a `Corpus` of per-language
+sentences (for MLM) and sentence pairs (for TLM), shard by shard; xlm_jax.data.gettext_corpus
+reads the built-in corpus.
 """
 import dataclasses
-import gettext
 import glob
 import gzip
+import itertools
 import logging
 import os
 import re
-import struct
 import zlib
 from typing import Callable
 
-from xlm_jax.errors import ConfigError, DataError
+import numpy as np
 
-DEFAULT_LOCALE_DIRS = ("/usr/share/locale", "/usr/local/share/locale", "/usr/share/locale-langpack")
+from xlm_jax.data.shards import Part, read_lines
+from xlm_jax.errors import ConfigError, DataError
 
 _LANG = r"[a-z]{2,3}(?:_[A-Za-z0-9]{2,8})*"
 _TXT_NAME = re.compile(rf"({_LANG})\.txt")
@@ -25,20 +26,12 @@ _TSV_NAME = re.compile(rf"({_LANG})-({_LANG})\.tsv")
 _LANG_KEY = re.compile(_LANG)
 _TSV_KEY = re.compile(rf"({_LANG})-({_LANG})")
 _CORPUS_SUFFIXES = (".txt", ".tsv", ".txt.gz", ".tsv.gz")
-_EXPECTED_FILES = ("<lang>.txt files (one sentence or paragraph per line, e.g. en.txt, pt_BR.txt) "
-                   "and/or <src>-<tgt>.tsv files (two tab-separated columns, e.g. en-de.tsv), "
-                   "optionally gzip-compressed (en.txt.gz)")
+EXPECTED_FILES = ("<lang>.txt files (one sentence or paragraph per line, e.g. en.txt, pt_BR.txt) "
+                  "and/or <src>-<tgt>.tsv files (two tab-separated columns, e.g. en-de.tsv), "
+                  "optionally gzip-compressed (en.txt.gz)")
 BAD_LINE_POLICIES = ("error", "skip")     # data.on_bad_line
+SKIP_REASONS = ("undecodable", "over-long", "with a wrong column count", "with an empty side")
 DEFAULT_MAX_LINE_CHARS = 100_000          # data.max_line_chars
-
-# gettext locale variants that name a script; other variants (ca@valencia, sr@ije) are
-# spellings of the same language in the same script and merge into it.
-_SCRIPT_VARIANTS = {"latin": "Latn", "latn": "Latn", "cyrillic": "Cyrl", "iqtelif": "Latn"}
-_LOCALE_NAME = re.compile(r"([a-z]{2,3})(?:_([A-Za-z]{2,4}))?")
-# printf / strftime / %(name)s conversions and {0} / {name} fields: placeholders, not words.
-_FORMAT_SPEC = re.compile(r"%(?:\d+\$|\([^)]*\))?[-+ #0'_^]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|ll|[hlLqjzt])?[A-Za-z%]"
-                          r"|\{[^{}]*\}")
-_LETTER = re.compile(r"[^\W\d_]")
 
 
 @dataclasses.dataclass
@@ -50,15 +43,16 @@ class Corpus:
 
 @dataclasses.dataclass
 class ReadStats:
-    """What reading one source did with its lines: kept, empty (ignored), skipped by reason."""
+    """What reading one source (or one shard's part of it) did with its lines: kept, empty
+    (ignored), skipped by reason."""
     source: str
     lines: int = 0
     kept: int = 0
     empty: int = 0
-    skipped: dict[str, list[int]] = dataclasses.field(default_factory=dict)   # reason -> [count, first line]
+    skipped: dict[str, list] = dataclasses.field(default_factory=dict)   # reason -> [count, first position]
 
-    def skip(self, reason: str, line: int) -> None:
-        count = self.skipped.setdefault(reason, [0, line])
+    def skip(self, reason: str, position: str) -> None:
+        count = self.skipped.setdefault(reason, [0, position])
         count[0] += 1
 
     @property
@@ -66,7 +60,7 @@ class ReadStats:
         return sum(count for count, _ in self.skipped.values())
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{count} {reason} ({'first at ' if count > 1 else ''}line {first})"
+        reasons = ", ".join(f"{count} {reason} ({'first at ' if count > 1 else ''}{first})"
                             for reason, (count, first) in self.skipped.items())
         return (f"skipped {self.num_skipped} lines of {self.source}: {reasons}; "
                 f"kept {self.kept}, {self.empty} empty lines ignored")
@@ -90,17 +84,23 @@ class Reader:
         self.log = log or logging.getLogger(__name__).warning
         self.stats: list[ReadStats] = []
         self.dropped: list[str] = []    # files and languages skipped whole, with the reason
+        self.bytes_read = 0             # of text (decompressed), for the logs
+        self._unpacked = ("", b"")      # the last .gz file read whole: its shards are read one after another
 
     @classmethod
     def from_config(cls, data_config, log=None) -> "Reader":
         return cls(getattr(data_config, "on_bad_line", "error"),
                    getattr(data_config, "max_line_chars", DEFAULT_MAX_LINE_CHARS), log)
 
-    def bad(self, stats: ReadStats, reason: str, line: int, message: str) -> None:
+    def quiet(self) -> "Reader":
+        """The same policy, logging nothing: for text another process has read, checked and logged."""
+        return Reader(self.on_bad_line, self.max_line_chars, lambda _: None)
+
+    def bad(self, stats: ReadStats, reason: str, position: str, message: str) -> None:
         """A bad line: raise under "error", count under "skip"."""
         if self.on_bad_line == "error":
             raise DataError(f"{message} (or set --config.data.on_bad_line=skip to skip and count such lines)")
-        stats.skip(reason, line)
+        stats.skip(reason, position)
 
     def drop(self, message: str) -> None:
         """A file or language without usable text: raise under "error", log and record under "skip"."""
@@ -115,7 +115,7 @@ class Reader:
             self.log(stats.summary())
 
     def finish_file(self, stats: ReadStats, data: bytes, kept: int, expected: str) -> None:
-        """`finish` for a file, which is dropped (see `drop`) when it held no usable line;
+        """`finish` for a whole file, which is dropped (see `drop`) when it held no usable line;
         `expected` says what it should hold."""
         stats.kept = kept
         self.finish(stats)
@@ -125,102 +125,152 @@ class Reader:
             left = " left after skipping bad lines" if stats.num_skipped else ""
             self.drop(f"{stats.source} has no non-empty line{left}; remove it or fill it with {expected}")
 
-    def total(self) -> str:
-        """One line for the corpus origin: lines skipped over all files, and what was dropped whole."""
-        skipped = sum(s.num_skipped for s in self.stats)
-        parts = []
-        if skipped:
-            reasons: dict[str, int] = {}
-            for s in self.stats:
-                for reason, (count, _) in s.skipped.items():
-                    reasons[reason] = reasons.get(reason, 0) + count
-            files = sum(1 for s in self.stats if s.num_skipped)
-            parts.append(f"skipped {skipped} bad lines in {files} files ("
-                         + ", ".join(f"{c} {r}" for r, c in reasons.items()) + ")")
-        if self.dropped:
-            parts.append(f"dropped {len(self.dropped)} files/languages without text")
-        return "; ".join(parts)
+    def lines(self, data: bytes, stats: ReadStats, where: str, first_line: int = 1, first_byte: int | None = None,
+              select: Callable[[int], bool] | None = None, pair: tuple[str, str] | None = None):
+        """Each non-empty, decodable line of `data` within max_line_chars: its text, or with
+        `pair` = (src, tgt) its two tab-separated columns, both non-empty.
 
-    def lines(self, data: bytes, stats: ReadStats, where: str, first_line: int = 1):
-        """(line number, text) of each non-empty, decodable line of `data`, within max_line_chars.
-
-        `where` names the source in messages ("path" or "path, example 3"); a UTF-8 BOM and
-        CR of CRLF endings are removed.
+        `where` names the source in messages ("path" or "path, example 3"). Lines are named
+        "line N", counted from `first_line`; in data that starts at byte `first_byte` > 0 of a
+        file (a shard's byte range, whose line numbers are unknown without reading all before
+        it), "the line at byte N". `select(index)` keeps some lines only (a shard's share of a
+        .gz file); the others are neither checked nor counted. A UTF-8 BOM at the start of a
+        file and the CR of CRLF endings are removed.
         """
-        if data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
+        shift = 0
+        if not first_byte and data.startswith(b"\xef\xbb\xbf"):
+            data, shift = data[3:], 3
         try:
-            texts = data.decode("utf-8").split("\n")
-            raw = None
-        except UnicodeDecodeError as e:
-            if self.on_bad_line == "error":
-                line = first_line + data.count(b"\n", 0, e.start)
-                raise DataError(f"{where}, line {line}: byte offset {e.start} (0x{data[e.start]:02x}) is not valid "
-                                "UTF-8; convert the file to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) or set "
-                                "--config.data.on_bad_line=skip to skip and count such lines") from None
-            raw, texts = data.split(b"\n"), None
+            texts, raw = data.decode("utf-8").split("\n"), None
+        except UnicodeDecodeError:
+            texts, raw = None, data.split(b"\n")
+        starts = None
+
+        def start_of(index: int) -> int:    # the line's offset in the file
+            nonlocal starts
+            if starts is None:
+                starts = np.concatenate([[0], np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1])
+            return (first_byte or 0) + shift + int(starts[index])
+
+        def bad(index: int, reason: str, problem: str) -> None:
+            position = f"the line at byte {start_of(index)}" if first_byte else f"line {first_line + index}"
+            self.bad(stats, reason, position, f"{where}, {position}: {problem}")
+
         count = len(texts if raw is None else raw)
         if (texts[-1] == "" if raw is None else raw[-1] == b""):
             count -= 1              # the newline ending the last line does not start another
         for index in range(count):
-            number = first_line + index
+            if select is not None and not select(index):
+                continue
             stats.lines += 1
             if raw is None:
                 text = texts[index]
             else:
                 try:
                     text = raw[index].decode("utf-8")
-                except UnicodeDecodeError:
-                    stats.skip("undecodable", number)
+                except UnicodeDecodeError as e:
+                    bad(index, "undecodable", f"byte offset {start_of(index) + e.start} (0x{raw[index][e.start]:02x}) "
+                        "is not valid UTF-8; convert the file to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)")
                     continue
             text = text.removesuffix("\r")
             if not text.strip():
                 stats.empty += 1
-                continue
-            if self.max_line_chars and len(text) > self.max_line_chars:
-                self.bad(stats, "over-long", number,
-                         f"{where}, line {number}: {len(text)} characters, more than data.max_line_chars="
-                         f"{self.max_line_chars}; split the line or raise --config.data.max_line_chars")
-                continue
-            yield number, text
-
-    def read_txt(self, path: str) -> list[str]:
-        """The non-empty lines of a text file (.gz: gzip-compressed)."""
-        stats = ReadStats(path)
-        data = _read_bytes(path)
-        sentences = [text for _, text in self.lines(data, stats, path)]
-        self.finish_file(stats, data, len(sentences), "one sentence per line")
-        return sentences
-
-    def read_tsv(self, path: str, src: str, tgt: str) -> list[tuple[str, str]]:
-        """The pairs of a two-column TSV file (.gz: gzip-compressed)."""
-        stats = ReadStats(path)
-        data = _read_bytes(path)
-        pairs = []
-        for number, line in self.lines(data, stats, path):
-            columns = line.split("\t")
-            if len(columns) != 2:
-                self.bad(stats, "with a wrong column count", number,
-                         f"{path}, line {number}: found {len(columns)} tab-separated column(s), expected 2 "
-                         f"(<{src} sentence>TAB<{tgt} sentence>)")
+            elif self.max_line_chars and len(text) > self.max_line_chars:
+                bad(index, "over-long", f"{len(text)} characters, more than data.max_line_chars="
+                    f"{self.max_line_chars}; split the line or raise --config.data.max_line_chars")
+            elif pair is None:
+                yield text
+            elif len(columns := text.split("\t")) != 2:
+                bad(index, "with a wrong column count", f"found {len(columns)} tab-separated column(s), "
+                    f"expected 2 (<{pair[0]} sentence>TAB<{pair[1]} sentence>)")
             elif not columns[0].strip() or not columns[1].strip():
-                self.bad(stats, "with an empty side", number,
-                         f"{path}, line {number}: one side of the pair is empty; every line needs text in both "
-                         "columns")
+                bad(index, "with an empty side", "one side of the pair is empty; every line needs text in "
+                    "both columns")
             else:
-                pairs.append((columns[0], columns[1]))
-        self.finish_file(stats, data, len(pairs), f"<{src}>TAB<{tgt}> pairs")
-        return pairs
+                yield columns[0], columns[1]
+
+    def read_txt(self, path: str, part: Part | None = None, limit: int | None = None) -> list[str]:
+        """The non-empty lines of a text file (.gz: gzip-compressed), or of one shard's `part` of it;
+        with `limit`, its first `limit` lines only (reading little more than those)."""
+        return self._rows(path, part, limit, None, "one sentence per line")
+
+    def read_tsv(self, path: str, src: str, tgt: str, part: Part | None = None,
+                 limit: int | None = None) -> list[tuple[str, str]]:
+        """The pairs of a two-column TSV file (.gz: gzip-compressed), or of `part` of it, as read_txt."""
+        return self._rows(path, part, limit, (src, tgt), f"<{src}>TAB<{tgt}> pairs")
+
+    def _rows(self, path, part, limit, pair, expected) -> list:
+        """The rows (`lines`) of the file or part; with `limit`, reads growing prefixes of the part
+        until it has `limit` rows or has read all of it."""
+        budget = None if limit is None else _FIRST_BUDGET
+        while True:
+            stats = ReadStats(path + (part.describe() if part else ""))
+            data, first_byte, select, complete = self._part_bytes(path, part, budget)
+            rows = list(itertools.islice(self.lines(data, stats, path, first_byte=first_byte, select=select,
+                                                    pair=pair), limit))
+            if limit is None or len(rows) >= limit or complete:
+                break
+            budget *= 8
+        if part is None:
+            self.finish_file(stats, data, len(rows), expected)
+        else:   # whether the whole file is empty is known once every shard is read
+            stats.kept = len(rows)
+            self.finish(stats)
+        return rows
+
+    def _part_bytes(self, path: str, part: Part | None, budget: int | None):
+        """(data, first_byte, select, complete) of a file or a shard's part of it (see Part); with
+        a `budget`, whole lines of about its first `budget` bytes (a limited read)."""
+        if part is not None and part.how == "bytes" and not path.endswith(".gz"):
+            try:
+                with open(path, "rb") as f:
+                    start, end = part.byte_range(os.fstat(f.fileno()).st_size)
+                    first_byte, data, complete = read_lines(f, start, end, budget)
+            except OSError as e:
+                raise DataError(f"{path}: cannot read this file ({type(e).__name__}: {e}); "
+                                "re-create or remove it") from None
+            self.bytes_read += len(data)
+            return data, first_byte, None, complete
+        shared = part is not None and part.how == "lines" and part.count > 1
+        if budget is not None:
+            data = _read_bytes(path, budget)
+            self.bytes_read += len(data)
+            complete = len(data) < budget
+            if not complete:
+                data = data[:data.rfind(b"\n") + 1]   # whole lines only
+        elif shared and self._unpacked[0] == path:
+            data, complete = self._unpacked[1], True
+        else:
+            data, complete = _read_bytes(path), True
+            self.bytes_read += len(data)
+            if shared:   # this process's next shards read it too
+                self._unpacked = (path, data)
+        select = (lambda index: index % part.count == part.index) if shared else None   # noqa: E731
+        return data, None, select, complete
 
 
-def _read_bytes(path: str) -> bytes:
-    """The file's bytes, decompressed when the name ends in .gz."""
+_FIRST_BUDGET = 1 << 16   # bytes of the first prefix a limited read tries
+
+
+def skip_total(reasons: dict[str, int], files: int, dropped: int) -> str:
+    """The corpus origin's note on what was skipped: bad lines by reason, and files/languages dropped whole."""
+    parts = []
+    if sum(reasons.values()):
+        parts.append(f"skipped {sum(reasons.values())} bad lines in {files} files ("
+                     + ", ".join(f"{c} {r}" for r, c in reasons.items() if c) + ")")
+    if dropped:
+        parts.append(f"dropped {dropped} files/languages without text")
+    return "; ".join(parts)
+
+
+def _read_bytes(path: str, size: int = -1) -> bytes:
+    """The file's bytes (its first `size` ones), decompressed when the name ends in .gz."""
     try:
         if path.endswith(".gz"):
             with gzip.open(path, "rb") as f:
-                return f.read()
+                return f.read(size)
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(size)
     except (OSError, EOFError, zlib.error) as e:
         kind = "gzip " if path.endswith(".gz") else ""
         raise DataError(f"{path}: cannot read this {kind}file ({type(e).__name__}: {e}); "
@@ -231,7 +281,7 @@ def corpus_dir_files(path: str) -> tuple[list[tuple[str, str]], list[tuple[str, 
     """([(file, lang)], [(file, src, tgt)]) of a corpus dir's <lang>.txt[.gz] and <src>-<tgt>.tsv[.gz] files."""
     if not os.path.isdir(path):
         raise DataError(f"corpus dir {path!r} does not exist or is not a directory; "
-                        f"--config.data.corpus_dir must name a directory of {_EXPECTED_FILES}")
+                        f"--config.data.corpus_dir must name a directory of {EXPECTED_FILES}")
     texts, tables = [], []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
@@ -247,45 +297,8 @@ def corpus_dir_files(path: str) -> tuple[list[tuple[str, str]], list[tuple[str, 
                             "different language codes like en, pt_BR or sr_Latn; rename the file or move it out "
                             "of the corpus dir")
     if not texts and not tables:
-        raise DataError(f"corpus dir {path} has no usable files; expected {_EXPECTED_FILES}")
+        raise DataError(f"corpus dir {path} has no usable files; expected {EXPECTED_FILES}")
     return texts, tables
-
-
-def read_files(texts, tables, reader: Reader) -> tuple[dict[str, list[str]], dict[tuple[str, str], list]]:
-    """(mono, parallel) of text and TSV files, the text files' sentences only in mono."""
-    mono: dict[str, list[str]] = {}
-    parallel: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for full, lang in texts:
-        mono.setdefault(lang, []).extend(reader.read_txt(full))
-    for full, src, tgt in tables:
-        parallel.setdefault((src, tgt), []).extend(reader.read_tsv(full, src, tgt))
-    return mono, parallel
-
-
-def assemble(mono, parallel, origin: str, reader: Reader) -> Corpus:
-    """Both sides of the pairs feed the languages' MLM text too, after the monolingual text."""
-    mono = {lang: list(sentences) for lang, sentences in mono.items()}
-    for (src, tgt), pairs in parallel.items():
-        mono.setdefault(src, []).extend(s for s, _ in pairs)
-        mono.setdefault(tgt, []).extend(t for _, t in pairs)
-    for lang in sorted(lang for lang, sentences in mono.items() if not sentences):
-        reader.drop(f"language {lang} has no text in {origin}")
-        del mono[lang]
-    parallel = {pair: pairs for pair, pairs in parallel.items() if pairs}
-    total = reader.total()
-    return Corpus(mono=mono, parallel=parallel, origin=f"{origin}{f' ({total})' if total else ''}")
-
-
-def read_corpus_dir(path: str, reader: Reader | None = None) -> Corpus:
-    """Reads <lang>.txt[.gz] and <src>-<tgt>.tsv[.gz] files; both sides of a TSV feed the languages' MLM text too.
-
-    Text files come first (sorted by name), then the pairs' sides, so a sentence cap keeps
-    the monolingual text. Files that are neither .txt nor .tsv (README.md, ...) are ignored.
-    """
-    reader = reader or Reader()
-    texts, tables = corpus_dir_files(path)
-    mono, parallel = read_files(texts, tables, reader)
-    return assemble(mono, parallel, f"corpus dir {path}", reader)
 
 
 def parse_files_spec(spec) -> list[tuple[str, list[str]]]:
@@ -350,147 +363,3 @@ def resolve_files(spec) -> tuple[list[tuple[str, str]], list[tuple[str, str, str
             else:
                 texts.extend((p, key) for p in paths)
     return texts, tables
-
-
-def _locale_language(locale: str) -> str | None:
-    """`de` -> de, `pt_BR` -> pt_BR, `sr@latin` -> sr_Latn; None for non-locales and English variants.
-
-    English catalogs (en_GB, en@quot, ...) are skipped: the msgids already are the English text.
-    """
-    base, _, variant = locale.partition("@")
-    match = _LOCALE_NAME.fullmatch(base.split(".")[0])
-    if not match or match.group(1) == "en":
-        return None
-    script = _SCRIPT_VARIANTS.get(variant.lower())
-    if script is None:
-        return match.group(0)
-    return "_".join(part for part in (match.group(1), script, match.group(2)) if part)
-
-
-def _text_lines(message: str) -> list[str]:
-    """The lines of a message that carry words: not empty, not only format specifiers and punctuation."""
-    lines = [message.strip()] if "\n" not in message else [line.strip() for line in message.split("\n")]
-    return [line for line in lines
-            if _LETTER.search(_FORMAT_SPEC.sub("", line) if "%" in line or "{" in line else line)]
-
-
-def _translations(path: str):
-    """(English msgid, translation) of a .mo file: context dropped, plurals by their first form."""
-    with open(path, "rb") as f:
-        catalog = gettext.GNUTranslations(f)._catalog
-    for key, msgstr in catalog.items():
-        if isinstance(key, tuple):
-            key, form = key
-            if form != 0:
-                continue
-        msgid = key.rpartition("\x04")[2]
-        if msgid and msgstr != msgid:
-            yield msgid, msgstr
-
-
-def _catalog_files(locale_dirs):
-    """(language, path) of every `<dir>/<locale>/LC_MESSAGES/*.mo`, in sorted order."""
-    for root in locale_dirs:
-        if not os.path.isdir(root):
-            continue
-        for locale in sorted(os.listdir(root)):
-            lang = _locale_language(locale)
-            messages_dir = os.path.join(root, locale, "LC_MESSAGES")
-            if lang is None or not os.path.isdir(messages_dir):
-                continue
-            for name in sorted(os.listdir(messages_dir)):
-                if name.endswith(".mo"):
-                    yield lang, os.path.join(messages_dir, name)
-
-
-def read_gettext_catalogs(locale_dirs=DEFAULT_LOCALE_DIRS, min_languages: int = 2) -> Corpus:
-    """English msgids and their translations from every `<dir>/<locale>/LC_MESSAGES/*.mo`.
-
-    Sentences are deduplicated per language in first-seen order. A .mo file Python cannot
-    parse belongs to the OS, not the user: it is skipped and counted in `origin`.
-    """
-    kept_msgids: dict[str, None] = {}         # in first-kept order
-    mono: dict[str, dict[str, None]] = {}
-    pairs: dict[str, dict[tuple[str, str], None]] = {}
-    source_lines: dict[str, list[str]] = {}   # the same msgid recurs in every language
-    read = unreadable = 0
-    for lang, path in _catalog_files(locale_dirs):
-        try:
-            entries = list(_translations(path))
-        except (OSError, ValueError, LookupError, struct.error):
-            unreadable += 1
-            continue
-        read += 1
-        lang_mono, lang_pairs = mono.setdefault(lang, {}), pairs.setdefault(lang, {})
-        for msgid, msgstr in entries:
-            source = source_lines.get(msgid)
-            if source is None:
-                source = source_lines[msgid] = _text_lines(msgid)
-            target = _text_lines(msgstr) if source else None
-            if not target:
-                continue
-            kept_msgids[msgid] = None
-            if len(source) == len(target) == 1:    # most messages: a third faster than the general case
-                lang_mono[target[0]] = None
-                lang_pairs[(source[0], target[0])] = None
-                continue
-            lang_mono.update(dict.fromkeys(target))
-            if len(source) == len(target):     # re-wrapped help texts give MLM text only
-                lang_pairs.update(dict.fromkeys(zip(source, target)))
-    english = dict.fromkeys(line for msgid in kept_msgids for line in source_lines[msgid])
-    languages = {"en": list(english)} if english else {}
-    languages.update((lang, list(sentences)) for lang, sentences in mono.items() if sentences)
-    if len(languages) < min_languages:
-        raise DataError(f"the gettext catalogs under {', '.join(locale_dirs)} hold text in {len(languages)} "
-                        f"language(s), fewer than data.min_languages={min_languages}; pass "
-                        f"--config.data.corpus_dir=DIR, a directory of {_EXPECTED_FILES}")
-    skipped = f", {unreadable} unreadable .mo files skipped" if unreadable else ""
-    dirs = ", ".join(d for d in locale_dirs if os.path.isdir(d))
-    return Corpus(mono=languages,
-                  parallel={("en", lang): list(p) for lang, p in pairs.items() if p},
-                  origin=f"gettext catalogs ({dirs}: {len(languages)} languages from {read} .mo files{skipped})")
-
-
-def load_corpus(data_config, log: Callable[[str], None] | None = None) -> Corpus:
-    """The corpus a run trains on, read fully at data prep with every check up front.
-
-    Sources, merged in this order: `data.corpus_dir`, `data.files`, `data.prepared_corpus`
-    (a local corpus prepared as TFDS records by xlm_jax.data.tfds_builder) and
-    `data.tfds_datasets`; the gettext catalogs when all are empty. Every named file, glob
-    and TFDS dataset is checked to exist before the first one is read.
-    """
-    reader = Reader.from_config(data_config, log)
-    corpus_dir = getattr(data_config, "corpus_dir", "")
-    files = getattr(data_config, "files", "")
-    prepared = getattr(data_config, "prepared_corpus", "")
-    tfds_names = getattr(data_config, "tfds_datasets", "")
-    if corpus_dir or files or prepared or tfds_names:
-        texts, tables, origins = [], [], []
-        if corpus_dir:
-            texts, tables = corpus_dir_files(corpus_dir)
-            origins.append(f"corpus dir {corpus_dir}")
-        if files:
-            more_texts, more_tables = resolve_files(files)
-            texts, tables = texts + more_texts, tables + more_tables
-            origins.append(f"data.files ({len(more_texts) + len(more_tables)} files)")
-        tfds_sources = None
-        if prepared or tfds_names:
-            from xlm_jax.data import tfds_builder   # TFDS is imported only by runs that use it
-            tfds_sources = tfds_builder.check_tfds_sources(data_config)
-            origins.append(tfds_builder.describe(data_config))
-        mono, parallel = read_files(texts, tables, reader)
-        if tfds_sources is not None:
-            tfds_builder.read_tfds_sources(tfds_sources, data_config, reader, mono, parallel)
-        corpus = assemble(mono, parallel, " + ".join(origins), reader)
-    else:
-        corpus = read_gettext_catalogs(min_languages=data_config.min_languages)
-    cap = data_config.max_sentences_per_language
-    if cap:
-        corpus.mono = {lang: s[:cap] for lang, s in corpus.mono.items()}
-        corpus.parallel = {pair: p[:cap] for pair, p in corpus.parallel.items()}
-    languages = sorted(lang for lang, s in corpus.mono.items() if s)
-    if len(languages) < data_config.min_languages:
-        raise DataError(f"{corpus.origin} has text in {len(languages)} language(s) ({', '.join(languages)}), "
-                        f"fewer than data.min_languages={data_config.min_languages}; add <lang>.txt files "
-                        "for more languages or lower --config.data.min_languages")
-    return corpus

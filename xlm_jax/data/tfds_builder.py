@@ -1,6 +1,7 @@
 """TFDS corpora: published datasets by name, and a local corpus prepared once as TFDS records.
 
-Reading (`load_corpus` calls these when the config names TFDS sources):
+Reading (xlm_jax.data.corpus calls these when the config names TFDS sources; shard s of S
+reads `tfds.even_splits(split, S)[s]` of each):
   --config.data.tfds_datasets="wiki40b/en,wiki40b/de,sw=c4/multilingual@sw"
   --config.data.tfds_data_dir=gs://bucket/tensorflow_datasets   # where they were prepared
   --config.data.prepared_corpus=/data/tfds/local_corpus/mine/1.0.0   # from `prepare_local_corpus`
@@ -25,6 +26,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from xlm_jax.data import sources
+from xlm_jax.data.shards import Part
 from xlm_jax.errors import DataError
 
 _ENTRY = re.compile(r"(?:(?P<lang>[^=@\s]+)=)?(?P<name>[^=@\s]+)(?:@(?P<split>[^=@\s]+))?")
@@ -95,18 +97,27 @@ def check_tfds_sources(data_config):
     return opened
 
 
-def read_tfds_sources(opened, data_config, reader: "sources.Reader", mono: dict, parallel: dict) -> None:
-    """Adds the text of the opened TFDS sources to `mono` and `parallel` (as `sources.read_files` returns them)."""
-    text_key = getattr(data_config, "tfds_text_key", "text")
-    if opened["prepared"] is not None:
-        _read_prepared(opened["prepared"], reader, mono, parallel)
-    for source, dataset in opened["datasets"]:
-        where = f"TFDS {source.name}[{source.split}]"
-        mono.setdefault(source.lang, []).extend(_read_texts(dataset, text_key, where, reader))
+def shard_split(split: str, part: Part):
+    """The sub-split of `split` a shard reads: `tfds.even_splits(split, S)[s]` (the whole split for S = 1)."""
+    return split if part.count == 1 else tfds.even_splits(split, n=part.count)[part.index]
 
 
-def _read_texts(dataset, key: str, where: str, reader: "sources.Reader") -> list[str]:
-    """The non-empty lines of every example's `key` feature, checked like the lines of a file."""
+def _split_name(split: str, part: Part) -> str:
+    return split if part.count == 1 else f"{split}, even split {part.index + 1} of {part.count}"
+
+
+def read_dataset_part(source: TfdsSource, data_config, part: Part, reader: "sources.Reader",
+                      limit: int | None = None) -> list[str]:
+    """The lines of a shard's sub-split of a TFDS dataset (`check_tfds_sources` opened it whole)."""
+    data_dir = getattr(data_config, "tfds_data_dir", "") or None
+    dataset = tfds.load(source.name, split=shard_split(source.split, part), data_dir=data_dir, download=False)
+    return _read_texts(dataset, getattr(data_config, "tfds_text_key", "text"),
+                       f"TFDS {source.name}[{_split_name(source.split, part)}]", reader, limit)
+
+
+def _read_texts(dataset, key: str, where: str, reader: "sources.Reader", limit: int | None) -> list[str]:
+    """The non-empty lines of every example's `key` feature, checked like the lines of a file
+    (the first `limit` of them with a limit)."""
     stats = sources.ReadStats(where)
     lines = []
     for index, example in enumerate(tfds.as_numpy(dataset)):
@@ -114,12 +125,34 @@ def _read_texts(dataset, key: str, where: str, reader: "sources.Reader") -> list
         if not isinstance(value, bytes):
             raise DataError(f"{where}: feature {key!r} holds {type(value).__name__}, not text; "
                             "set --config.data.tfds_text_key to a text feature")
-        lines.extend(text for _, text in reader.lines(value, stats, f"{where}, example {index}"))
+        reader.bytes_read += len(value)
+        lines.extend(reader.lines(value, stats, f"{where}, example {index}"))
+        if limit is not None and len(lines) >= limit:
+            del lines[limit:]
+            break
     stats.kept = len(lines)
     reader.finish(stats)
-    if not lines:
-        reader.drop(f"{where} has no text")
     return lines
+
+
+def read_prepared_part(builder, split: str, part: Part, reader: "sources.Reader",
+                       limit: int | None = None) -> list:
+    """A shard's sub-split of a prepared corpus split: texts of a `<lang>` split, (text, translation)
+    pairs of a `<src>-<tgt>` split (checked when they were prepared)."""
+    dataset = builder.as_dataset(split=shard_split(split, part), shuffle_files=False)
+    if limit is not None:
+        dataset = dataset.take(limit)
+    rows = [(ex["text"].decode("utf-8"), ex["translation"].decode("utf-8")) for ex in tfds.as_numpy(dataset)]
+    reader.bytes_read += sum(len(text) + len(translation) for text, translation in rows)
+    stats = sources.ReadStats(f"{builder.data_dir} split {_split_name(split, part)}", lines=len(rows),
+                              kept=len(rows))
+    reader.finish(stats)
+    return rows if is_pair_split(split) else [text for text, _ in rows]
+
+
+def is_pair_split(split: str) -> bool:
+    """`<src>-<tgt>` splits of a prepared corpus hold pairs, `<lang>` splits text."""
+    return bool(sources._TSV_KEY.fullmatch(split)) and not sources._LANG_KEY.fullmatch(split)
 
 
 # --- A local corpus prepared as TFDS records --------------------------------------------------
@@ -207,20 +240,6 @@ def _open_prepared(path: str):
         raise DataError(f"data.prepared_corpus: {path!r} holds features {sorted(builder.info.features)}, not a "
                         "corpus prepared by xlm_jax.data.tfds_builder; use data.tfds_datasets for other datasets")
     return builder
-
-
-def _read_prepared(builder, reader: "sources.Reader", mono: dict, parallel: dict) -> None:
-    """Splits `<lang>` add to mono, splits `<src>-<tgt>` to parallel, as if read from the corpus dir."""
-    for split in sorted(builder.info.splits):
-        dataset = builder.as_dataset(split=split, shuffle_files=False)
-        rows = [(ex["text"].decode("utf-8"), ex["translation"].decode("utf-8")) for ex in tfds.as_numpy(dataset)]
-        pair = sources._TSV_KEY.fullmatch(split)
-        if pair and not sources._LANG_KEY.fullmatch(split):
-            parallel.setdefault((pair.group(1), pair.group(2)), []).extend(rows)
-        else:
-            mono.setdefault(split, []).extend(text for text, _ in rows)
-        if not rows:
-            reader.drop(f"{builder.data_dir}: split {split} has no examples")
 
 
 def main(argv=None) -> None:

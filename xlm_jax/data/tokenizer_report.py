@@ -19,9 +19,9 @@ import numpy as np
 from etils import epath
 
 from xlm_jax import config as config_lib
-from xlm_jax.data.pipeline import _tokenizer, split_held_out
-from xlm_jax.data.sampling import temperature_probs
-from xlm_jax.data.sources import load_corpus
+from xlm_jax.data.pipeline import _tokenizer
+from xlm_jax.data.sampling import language_probs
+from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_kind
 
 REPORT_FILE = "tokenizer_report.json"
@@ -74,14 +74,14 @@ def train_tokenizer(config, workdir: str, log: Callable[[str], None] = print) ->
     """The mode: validates the config, trains or loads the workdir's tokenizer, prints and writes the report."""
     config_lib.validate(config)
     d = config.data
-    corpus = load_corpus(d)
-    log(f"corpus: {corpus.origin}")
-    train_text, text = {}, {}
-    for lang in sorted(lang for lang, sentences in corpus.mono.items() if sentences):
-        train_text[lang], held_out = split_held_out(corpus.mono[lang], d)
-        text[lang] = ("held-out", held_out) if held_out else ("training", train_text[lang])
-    probs = temperature_probs({lang: len(s) for lang, s in train_text.items()}, d.alpha)
-    tokenizer = _tokenizer(config, workdir, train_text, probs, log)
+    corpus = read_text(config, log=log)    # all shards, in this one process
+    text = {}
+    for lang in corpus.languages:
+        held_out = corpus.own_held_out(lang)
+        text[lang] = ("held-out", held_out) if held_out else ("training", corpus.own_train(lang))
+    probs = language_probs({lang: corpus.train_sentences(lang) for lang in corpus.languages}, d.alpha,
+                           d.language_caps, d.language_floors)
+    tokenizer = _tokenizer(config, workdir, corpus, probs, log)
     stats = tokenizer_report(tokenizer, text)
     log(f"tokenizer: {tokenizer_kind(tokenizer)}, {tokenizer.vocab_size} ids\n" + format_table(stats))
     path = epath.Path(workdir) / REPORT_FILE

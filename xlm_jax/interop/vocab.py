@@ -20,8 +20,8 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from xlm_jax.data.pipeline import split_held_out
-from xlm_jax.data.sources import load_corpus
+from xlm_jax.data.sampling import language_probs
+from xlm_jax.data.text import CorpusText, read_text, tokenizer_text
 from xlm_jax.data.tokenizer_report import fertility
 from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer,
                                      tokenizer_from_hf_directory)
@@ -172,14 +172,18 @@ def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
     return out
 
 
-def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool,
-                          log=print) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer] | None:
+def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, log=print,
+                          text: CorpusText | None = None
+                          ) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer] | None:
     """For `init_from=hf:DIR` with `data.extend_vocab_pieces > 0`, after `adopt_hf_model` put
     DIR's tokenizer in the workdir: (DIR's tokenizer, the run's extended one), and
     `config.model.vocab_size` set to the extended size; None without extension.
 
-    The first time, trains the new pieces on the corpus' training text, logs fertility
-    before/after per language on its held-out text and replaces the workdir's tokenizer.
+    The first time, trains the new pieces on the sentences tokenizer training draws from
+    (xlm_jax.data.text.tokenizer_text of the corpus `text`, read here in one process when not
+    given): about 2 x data.tokenizer_sentences in proportion to q_i, the same whatever the
+    process count. Logs fertility before/after per
+    language on the held-out text this process holds, and replaces the workdir's tokenizer.
     Later (a resume, or a restart before the first checkpoint) the workdir's extended
     tokenizer is reused as it is: it is what the checkpoint's embedding rows mean.
     """
@@ -208,19 +212,22 @@ def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool,
                           "--config.data.extend_vocab_pieces=0 to resume them, or use a new workdir")
     else:
         d = config.data
-        corpus = load_corpus(d)
-        split = {lang: split_held_out(s, d) for lang, s in sorted(corpus.mono.items()) if s}
+        text = text or read_text(config, log=lambda _: None)
+        probs = language_probs({lang: text.train_sentences(lang) for lang in text.languages}, d.alpha,
+                               d.language_caps, d.language_floors)
+        pools = tokenizer_text(text, probs, d.tokenizer_sentences)   # as tokenizer training: P-independent
         new, added = extend_sentencepiece(
-            old, [s for train, _ in split.values() for s in train], count,
+            old, [line for lang in sorted(pools) for line in pools[lang]], count,
             character_coverage=d.character_coverage, input_sentence_size=d.tokenizer_sentences,
             seed=config.train.seed)
         log(f"vocabulary: added {len(added):,} new pieces of a {count:,}-piece model trained on the corpus "
             f"to the {old.vocab_size:,} ids of {source} -> {new.vocab_size:,} ids (<mask> moves to "
             f"{new.mask_id})")
-        for lang, (train, held_out) in split.items():
-            text = held_out or train
-            log(f"vocabulary: {lang} tokens per word {fertility(old, text):.3f} -> "
-                f"{fertility(new, text):.3f} ({'held-out' if held_out else 'training'} text)")
+        for lang in text.languages:
+            held_out = text.own_held_out(lang)
+            sample = held_out or pools[lang]
+            log(f"vocabulary: {lang} tokens per word {fertility(old, sample):.3f} -> "
+                f"{fertility(new, sample):.3f} ({'held-out' if held_out else 'training'} text)")
         save_tokenizer(new, workdir)
     config.model.vocab_size = new.vocab_size
     return old, new

@@ -17,6 +17,8 @@ from jax.experimental import multihost_utils
 
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.data.shards import num_shards
+from xlm_jax.data.text import Processes, read_text
 from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
 from xlm_jax.interop.hf import adopt_hf_model, import_hf
 from xlm_jax.interop.vocab import adopt_vocab_extension, extend_params
@@ -86,6 +88,17 @@ def process_zero_first(done: str, task):
     if jax.process_index() != 0:
         result = task(lambda _: None)
     return result
+
+
+def allgather_int64(x) -> np.ndarray:
+    """process_allgather of an int64 array, bit-exact: [processes, *x.shape] (jax without x64
+    would narrow int64 to int32, and corpus counts can pass 2**31)."""
+    x = np.ascontiguousarray(x, np.int64)
+    return np.ascontiguousarray(multihost_utils.process_allgather(x.view(np.int32))).view(np.int64)
+
+
+def this_process() -> Processes:
+    return Processes(jax.process_index(), jax.process_count(), allgather_int64, process_zero_first)
 
 
 class MetricsLog:
@@ -222,7 +235,7 @@ def eval_languages(data, config) -> list[str]:
     """`data.eval_languages`, or up to `data.max_eval_languages` spread over the size ranking,
     so that high- and low-resource languages are both watched."""
     d = config.data
-    candidates = [lang for i, lang in enumerate(data.languages) if len(data.eval_blocks[i])]
+    candidates = data.evaluated
     wanted = [lang.strip() for lang in d.eval_languages.split(",") if lang.strip()]
     if wanted:
         unknown = sorted(set(wanted) - set(candidates))
@@ -242,9 +255,7 @@ def eval_sets(data, config) -> dict[str, list[dict]]:
     """This process' held-out batches per evaluated language, built once per run."""
     sets = {}
     for language in eval_languages(data, config):
-        sets[language] = eval_batches(data, config, data.languages.index(language),
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+        sets[language] = eval_batches(data, config, data.languages.index(language))
     return sets
 
 
@@ -259,6 +270,22 @@ def evaluate_languages(eval_step, params, sets: dict, sharding) -> dict:
         count = max(totals["count"], 1.0)
         results[language] = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count}
     return results
+
+
+def resume_note(data_state: dict, config, process_count: int, directory: str) -> str | None:
+    """What to log when a checkpoint's data iterator was written by another number of processes;
+    a ConfigError when it was written with other data shards (which would change every batch)."""
+    shards = data_state.get("shards", num_shards(config))
+    if shards != num_shards(config):
+        raise ConfigError(f"config field `data.shards`: the checkpoints in {directory} were written with "
+                          f"{shards} shards and this config has {num_shards(config)}, which gives other "
+                          f"batches; resume with --config.data.shards={shards}, or use a new workdir")
+    if data_state["process_count"] == process_count:
+        return None
+    return (f"resuming on {process_count} process(es) instead of {data_state['process_count']}: every global "
+            f"batch stays the same (each of the {shards} data shards is its own stream, a function of the seed "
+            "and the shard's data only); each process now reads other shards, and losses match the "
+            "uninterrupted run to float rounding rather than bit for bit")
 
 
 class Run:
@@ -276,17 +303,20 @@ class Run:
             f"rules {config.mesh.rules!r}")
         self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
         self.vocab_extension = None  # (imported tokenizer, extended tokenizer) with data.extend_vocab_pieces
-        if config.init_from:
-            source = config.init_from.removeprefix("hf:")
+        source = config.init_from.removeprefix("hf:")
+        if source:   # before the corpus is read: a bad directory fails at once
             adopt_hf_model(config, source, workdir)
+        processes = this_process()
+        text = read_text(config, processes, log)   # this process's shards; counts agreed by all
+        if source:
             resuming = self.checkpoints.latest_step() is not None
             multihost_utils.sync_global_devices("imported tokenizer in place")
             self.vocab_extension = process_zero_first("vocabulary extended", lambda log: adopt_vocab_extension(
-                config, source, workdir, resuming=resuming, log=log))
+                config, source, workdir, resuming=resuming, log=log, text=text))
             config_lib.validate(config)
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
-        self.data = process_zero_first("tokenizer ready", lambda log: prepare_data(config, workdir, log=log))
+        self.data = prepare_data(config, workdir, log, processes=processes, text=text)
         self.model = MaskedLM(config.model)
         self.optimizer = make_optimizer(config.train)
         self.abstract_state, self.shardings = state_shardings(
@@ -303,11 +333,9 @@ class Run:
             log(f"resumed from {self.checkpoints.directory}/{int(state.step)} (data iterator at "
                 f"step {data_state['next_step']}, written by {data_state['process_count']} "
                 f"process(es))")
-            if data_state["process_count"] != jax.process_count():
-                log(f"resuming on {jax.process_count()} process(es) instead of {data_state['process_count']}: "
-                    "every global batch stays the same (example g depends only on the seed and g); "
-                    "each process now reads another slice of it, and losses match the uninterrupted "
-                    "run to float rounding rather than bit for bit")
+            note = resume_note(data_state, self.config, jax.process_count(), self.checkpoints.directory)
+            if note:
+                log(note)
             return state
         if not self.config.init_from:
             state = create_train_state(self.model, self.optimizer, self.config, self.mesh,
@@ -340,8 +368,7 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
     start_step = int(state.step)
     train_step = make_train_step(run.model, run.optimizer, config, run.mesh, run.rules,
                                  run.shardings, run.rows_sharding)
-    batches = train_batches(run.data, config, start_step=start_step,
-                            process_index=jax.process_index(), process_count=jax.process_count())
+    batches = train_batches(run.data, config, start_step=start_step)
     metrics_log = MetricsLog(workdir, config, config.train.num_steps, run.data.languages, run.data.probs)
     log(f"MFU counts {metrics_log.flops_per_token / 1e6:.1f} MFLOP per token; peak "
         f"{metrics_log.peak_flops / 1e12:.3f} TFLOP/s ({metrics_log.peak_source})")
@@ -370,7 +397,8 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
                 metrics_log.log_window(step)  # never checkpoint past an unreported non-finite step
                 with metrics_log.untimed():
                     checkpoints.save(step, state, {"next_step": step, "global_batch": t.batch_size,
-                                                   "process_count": jax.process_count()})
+                                                   "process_count": jax.process_count(),
+                                                   "shards": run.data.num_shards})
             if preempted:
                 log(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting to be resumed")
                 break
