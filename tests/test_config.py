@@ -49,6 +49,7 @@ def test_config_error_is_an_xlm_jax_error():
     ("model.remat", "minimal", "dots_saveable"),
     ("train.schedule", "cosine", "polynomial"),
     ("mesh.rules", "tp", "fsdp_tp"),
+    ("data.packing", "documents", "lines"),
 ])
 def test_enumerated_fields_list_allowed_values(field, value, allowed):
     message = _assert_names(_with(**{field: value}), field)

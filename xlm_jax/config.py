@@ -16,6 +16,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 SCHEDULES = ("linear", "polynomial", "constant")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
 SAMPLING_UNITS = ("sentences", "tokens")
+PACKINGS = ("stream", "lines")
 MODES = ("train", "evaluate", "export_hf", "train_tokenizer")
 TOKENIZERS = ("unigram", "bpe", "bytes")   # SentencePiece unigram (XLM-R), SentencePiece BPE, UTF-8 bytes
 BYTE_VOCAB_SIZE = 261                      # data.tokenizer="bytes": xlm_jax.data.tokenizers.ByteTokenizer
@@ -62,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.language_caps = ""         # "en:0.2,...": max q_i per language; the others share the rest
     d.language_floors = ""       # "sw:0.01,...": min q_i per language, likewise
     d.seq_len = 128
+    d.packing = "stream"         # MLM blocks: "stream" (XLM-R: text runs on across lines) or "lines" (one line each)
     d.mask_prob = 0.15
     d.mask_token_prob = 0.8      # of the chosen tokens: 80% <mask>,
     d.random_token_prob = 0.1    # 10% a random token, the rest unchanged
@@ -153,6 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _one_of(config, "train.schedule", SCHEDULES)
     _one_of(config, "mesh.rules", RULE_PRESETS)
     _one_of(config, "data.sampling_unit", SAMPLING_UNITS)
+    _one_of(config, "data.packing", PACKINGS)
     check_caps_and_floors(parse_language_probs(d.language_caps, "data.language_caps"),
                           parse_language_probs(d.language_floors, "data.language_floors"))
     _one_of(config, "data.tokenizer", TOKENIZERS)

@@ -198,3 +198,29 @@ def test_a_wordpiece_tokenizer_in_the_workdir_packs_bert_blocks(config, tmp_path
     masked = batch["masked_positions"][batch["masked_weights"] > 0]
     assert np.sum(batch["input_ids"] == 4) > 0 and masked.min() > 0
     assert not np.isin(batch["masked_ids"][batch["masked_weights"] > 0], [0, 1, 2, 3, 4]).any()
+
+
+def test_line_packing_keeps_every_block_within_one_line(config, tmp_path, prepared):
+    """data.packing="lines": each block is <s>, then the tokens of one line (and its </s>) or of
+    the next part of it, then padding; the same lines as the stream packing, cut differently."""
+    data, _ = prepared
+    lines = config.copy_and_resolve_references()
+    lines.data.packing = "lines"
+    from xlm_jax.data.tokenizers import save_tokenizer
+    save_tokenizer(data.tokenizer, tmp_path)
+    by_line = prepare_data(lines, str(tmp_path), log=lambda line: None)
+    tok = by_line.tokenizer
+    for stream_shards, line_shards in zip(data.train_blocks, by_line.train_blocks):
+        for stream, blocks in zip(stream_shards, line_shards):
+            body = blocks[:, 1:]
+            is_eos, is_pad = body == tok.eos_id, body == tok.pad_id
+            assert np.all(blocks[:, 0] == tok.bos_id) and np.all(is_eos.sum(1) <= 1)
+            # after a </s> only padding; padding only after a </s> (a line's last block)
+            after_eos = np.cumsum(is_eos, axis=1) - is_eos > 0
+            assert np.array_equal(after_eos, is_pad & (np.cumsum(is_eos, axis=1) > 0))
+            assert not (is_pad & ~after_eos).any()
+            # the same text: non-padding tokens in the same order as the stream packing's
+            np.testing.assert_array_equal(body[~is_pad], stream[:, 1:][stream[:, 1:] != tok.pad_id])
+    assert sum(len(b) for s in by_line.train_blocks for b in s) > sum(len(b) for s in data.train_blocks for b in s)
+    batch = next(train_batches(by_line, lines, start_step=0))
+    assert batch["input_ids"].shape == (BATCH, SEQ_LEN)

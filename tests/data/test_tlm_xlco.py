@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from xlm_jax.data.examples import (pack_documents, pack_stream, split_documents, tlm_example, tlm_examples,
+from xlm_jax.data.examples import (pack_documents, pack_lines, pack_stream, split_documents, tlm_example, tlm_examples,
                                    xlco_pair, xlco_pairs)
 
 TOK = types.SimpleNamespace(bos_id=0, pad_id=1, eos_id=2, unk_id=3, mask_id=99)
@@ -140,6 +140,26 @@ def test_pack_documents_never_crosses_a_document_boundary():
     np.testing.assert_array_equal(pack_stream([s for d in docs for s in d], 4, BOS, EOS, PAD),
                                   [[BOS, 5, 6, 7], [BOS, EOS, 8, 9], [BOS, EOS, 10, EOS]])
     assert pack_documents([], 4, BOS, EOS, PAD).shape == (0, 4)
+
+
+def test_pack_lines_hand_computed():
+    lines = [np.array([5, 6, 7]), np.array([8]), np.array([], np.int32), np.array([9, 10, 11, 12, 13])]
+    np.testing.assert_array_equal(pack_lines(lines, 4, BOS, EOS, PAD),
+                                  [[BOS, 5, 6, 7], [BOS, EOS, PAD, PAD],    # a line longer than a block
+                                   [BOS, 8, EOS, PAD],
+                                   [BOS, EOS, PAD, PAD],                    # an empty line: its </s> alone
+                                   [BOS, 9, 10, 11], [BOS, 12, 13, EOS]])   # fills its last block exactly
+    assert pack_lines([], 4, BOS, EOS, PAD).shape == (0, 4)
+
+
+def test_pack_lines_equals_one_document_per_line():
+    """The vectorized packer against pack_documents, which packs each line with pack_stream."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seq_len = int(rng.integers(2, 10))
+        lines = [rng.integers(5, 100, rng.integers(0, 25)).astype(np.int32) for _ in range(rng.integers(0, 12))]
+        np.testing.assert_array_equal(pack_lines(lines, seq_len, BOS, EOS, PAD),
+                                      pack_documents([[line] for line in lines], seq_len, BOS, EOS, PAD).reshape(-1, seq_len))
 
 
 def test_pack_documents_on_real_text(shared_data):

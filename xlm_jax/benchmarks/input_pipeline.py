@@ -36,7 +36,7 @@ def cpu_cores() -> int:
 def on_the_fly(data, text, config, seconds: float) -> tuple[int, int, float]:
     """(sentences, packed tokens, seconds) of encoding and packing the training text, in
     chunks, until `seconds` have passed or the text runs out."""
-    from xlm_jax.data.examples import pack_stream
+    from xlm_jax.data.examples import pack_text
 
     tokenizer, seq_len = data.tokenizer, config.data.seq_len
     lines = [s for lang in data.languages for s in text.own_train(lang)]
@@ -44,8 +44,7 @@ def on_the_fly(data, text, config, seconds: float) -> tuple[int, int, float]:
     start = time.perf_counter()
     for begin in range(0, len(lines), 20_000):
         chunk = lines[begin:begin + 20_000]
-        blocks = pack_stream(tokenizer.encode(chunk), seq_len, tokenizer.bos_id, tokenizer.eos_id,
-                             tokenizer.pad_id)
+        blocks = pack_text(tokenizer.encode(chunk), seq_len, tokenizer, config.data.packing)
         sentences, tokens = sentences + len(chunk), tokens + blocks.size
         if time.perf_counter() - start > seconds:
             break

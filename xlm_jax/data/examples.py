@@ -1,7 +1,8 @@
 """Objective examples as numpy int32 rows, before masking (xlm_jax.data.masking).
 
-MLM: fairseq/XLM-R stream packing of a language's text into fixed blocks (pack_stream), or the
-same within documents (pack_documents). TLM: a translation pair as one sequence, InfoXLM's
+MLM: fairseq/XLM-R stream packing of a language's text into fixed blocks (pack_stream), the
+same within each line (pack_lines) or within documents (pack_documents); `pack_text` picks by
+`data.packing`. TLM: a translation pair as one sequence, InfoXLM's
 continuous positions or XLM's reset ones, with per-token language ids (tlm_example). XLCo: the
 two sides of a pair as separate query and key sequences (xlco_pair).
 """
@@ -31,6 +32,38 @@ def pack_stream(sentences: list[np.ndarray], seq_len: int, bos_id: int, eos_id: 
     blocks[:, 0] = bos_id
     blocks[:, 1:] = stream.reshape(num_blocks, body)
     return blocks
+
+
+def pack_lines(sentences: list[np.ndarray], seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> np.ndarray:
+    """pack_stream within each line: no block holds text of two lines (a sentence or a paragraph).
+
+    fairseq's `--sample-break-mode complete_doc` with one document per line, vectorized:
+    equal to `pack_documents([[s] for s in sentences], ...)`. A line longer than a block
+    continues in the next; the last block of every line is padded.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (<s> plus one token), got {seq_len}")
+    body = seq_len - 1
+    if not sentences:
+        return np.zeros((0, seq_len), np.int32)
+    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1   # + </s>
+    spans = -(-lengths // body) * body                  # each line's stream, padded to whole blocks
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    positions = np.repeat(np.cumsum(spans) - spans, lengths) + offsets
+    is_eos = offsets == np.repeat(lengths - 1, lengths)
+    stream = np.full(int(spans.sum()), pad_id, np.int32)
+    stream[positions[~is_eos]] = np.concatenate(sentences).astype(np.int32, copy=False)
+    stream[positions[is_eos]] = eos_id
+    blocks = np.empty((len(stream) // body, seq_len), np.int32)
+    blocks[:, 0] = bos_id
+    blocks[:, 1:] = stream.reshape(-1, body)
+    return blocks
+
+
+def pack_text(sentences: list[np.ndarray], seq_len: int, tokenizer, packing: str = "stream") -> np.ndarray:
+    """One language's MLM blocks by `data.packing`: "stream" (XLM-R) or "lines"."""
+    pack = {"stream": pack_stream, "lines": pack_lines}[packing]
+    return pack(sentences, seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
 
 
 def pack_documents(documents: list[list[np.ndarray]], seq_len: int, bos_id: int, eos_id: int,

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from xlm_jax.data.examples import pack_stream
+from xlm_jax.data.examples import pack_text
 from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, token_counts, word_start_table
 from xlm_jax.data.sampling import language_probs, sampling_table
 from xlm_jax.data.shards import row_shard
@@ -57,8 +57,7 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)
 
     def pack(sentences: list[str]) -> np.ndarray:
-        return pack_stream(tokenizer.encode(sentences), d.seq_len, tokenizer.bos_id, tokenizer.eos_id,
-                           tokenizer.pad_id)
+        return pack_text(tokenizer.encode(sentences), d.seq_len, tokenizer, d.packing)
 
     def blocks(lang: str, shards: list[list[str]]) -> list[np.ndarray]:   # a replicated language is packed once
         return [pack(shards[0])] * len(shards) if lang in text.replicated else [pack(x) for x in shards]
