@@ -59,8 +59,7 @@ def _normalize_backward(epsilon, residuals, grad):
     return d_x.astype(dtype), d_scale, d_bias
 
 
-normalize.defvjp(lambda x, scale, bias, epsilon: _normalize_forward(x, scale, bias, epsilon),
-                 _normalize_backward)
+normalize.defvjp(_normalize_forward, _normalize_backward)
 
 
 class LayerNorm(nn.Module):
