@@ -177,11 +177,8 @@ def check_counts(plan: CorpusPlan, counts: np.ndarray, sentences: dict[str, int]
             reader.drop(f"TFDS {unit.name.replace('@', '[')}] has no text")
         elif unit.kind == "prepared" and not lines:
             reader.drop(f"{plan.tfds['prepared'].data_dir}: split {unit.name} has no examples")
-        elif unit.kind in ("txt", "tsv") and not kept:
-            expected = "one sentence per line" if unit.kind == "txt" else "<{}>TAB<{}> pairs".format(*unit.langs)
-            left = " left after skipping bad lines" if any(skipped) else ""
-            problem = "is empty" if not lines else f"has no non-empty line{left}"
-            reader.drop(f"{unit.name} {problem}; remove it or fill it with {expected}")
+        elif unit.kind in ("txt", "tsv"):
+            reader.require_text(unit.name, lines, kept, any(skipped), unit.langs if unit.kind == "tsv" else None)
     for lang in plan.languages:
         if not sentences.get(lang):
             reader.drop(f"language {lang} has no text in {plan.origin}")

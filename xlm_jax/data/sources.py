@@ -114,16 +114,15 @@ class Reader:
         if stats.num_skipped:
             self.log(stats.summary())
 
-    def finish_file(self, stats: ReadStats, data: bytes, kept: int, expected: str) -> None:
-        """`finish` for a whole file, which is dropped (see `drop`) when it held no usable line;
-        `expected` says what it should hold."""
-        stats.kept = kept
-        self.finish(stats)
-        if not data:
-            self.drop(f"{stats.source} is empty; remove it or fill it with {expected}")
-        elif not kept:
-            left = " left after skipping bad lines" if stats.num_skipped else ""
-            self.drop(f"{stats.source} has no non-empty line{left}; remove it or fill it with {expected}")
+    def require_text(self, source: str, lines: int, kept: int, skipped: bool, pair=None) -> None:
+        """A file (all of it, over every shard) with no usable line is dropped (see `drop`);
+        `pair` = (src, tgt) for a TSV file, so the message says what it should hold."""
+        if kept:
+            return
+        expected = "one sentence per line" if pair is None else "<{}>TAB<{}> pairs".format(*pair)
+        problem = "is empty" if not lines else "has no non-empty line" + (
+            " left after skipping bad lines" if skipped else "")
+        self.drop(f"{source} {problem}; remove it or fill it with {expected}")
 
     def lines(self, data: bytes, stats: ReadStats, where: str, first_line: int = 1, first_byte: int | None = None,
               select: Callable[[int], bool] | None = None, pair: tuple[str, str] | None = None):
@@ -192,14 +191,14 @@ class Reader:
     def read_txt(self, path: str, part: Part | None = None, limit: int | None = None) -> list[str]:
         """The non-empty lines of a text file (.gz: gzip-compressed), or of one shard's `part` of it;
         with `limit`, its first `limit` lines only (reading little more than those)."""
-        return self._rows(path, part, limit, None, "one sentence per line")
+        return self._rows(path, part, limit, None)
 
     def read_tsv(self, path: str, src: str, tgt: str, part: Part | None = None,
                  limit: int | None = None) -> list[tuple[str, str]]:
         """The pairs of a two-column TSV file (.gz: gzip-compressed), or of `part` of it, as read_txt."""
-        return self._rows(path, part, limit, (src, tgt), f"<{src}>TAB<{tgt}> pairs")
+        return self._rows(path, part, limit, (src, tgt))
 
-    def _rows(self, path, part, limit, pair, expected) -> list:
+    def _rows(self, path, part, limit, pair) -> list:
         """The rows (`lines`) of the file or part; with `limit`, reads growing prefixes of the part
         until it has `limit` rows or has read all of it."""
         budget = None if limit is None else _FIRST_BUDGET
@@ -211,11 +210,10 @@ class Reader:
             if limit is None or len(rows) >= limit or complete:
                 break
             budget *= 8
-        if part is None:
-            self.finish_file(stats, data, len(rows), expected)
-        else:   # whether the whole file is empty is known once every shard is read
-            stats.kept = len(rows)
-            self.finish(stats)
+        stats.kept = len(rows)
+        self.finish(stats)
+        if part is None:    # else whether the whole file is empty is known once every shard is read
+            self.require_text(stats.source, stats.lines, stats.kept, bool(stats.num_skipped), pair)
         return rows
 
     def _part_bytes(self, path: str, part: Part | None, budget: int | None):
