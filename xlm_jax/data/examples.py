@@ -15,23 +15,7 @@ def pack_stream(sentences: list[np.ndarray], seq_len: int, bos_id: int, eos_id: 
     Blocks cross sentence boundaries (one contiguous stream, as XLM-R's `--sample-break-mode
     none`); only the last block is padded.
     """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 (<s> plus one token), got {seq_len}")
-    body = seq_len - 1
-    if not sentences:
-        return np.zeros((0, seq_len), np.int32)
-    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-    ends = np.cumsum(lengths + 1)                  # stream position just past each sentence's </s>
-    num_blocks = -(-int(ends[-1]) // body)
-    stream = np.full(num_blocks * body, pad_id, np.int32)
-    stream[:ends[-1]] = eos_id
-    is_token = np.ones(int(ends[-1]), bool)
-    is_token[ends - 1] = False
-    stream[:ends[-1]][is_token] = np.concatenate(sentences).astype(np.int32, copy=False)
-    blocks = np.empty((num_blocks, seq_len), np.int32)
-    blocks[:, 0] = bos_id
-    blocks[:, 1:] = stream.reshape(num_blocks, body)
-    return blocks
+    return _pack(sentences, seq_len, bos_id, eos_id, pad_id, per_line=False)
 
 
 def pack_lines(sentences: list[np.ndarray], seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> np.ndarray:
@@ -41,19 +25,26 @@ def pack_lines(sentences: list[np.ndarray], seq_len: int, bos_id: int, eos_id: i
     equal to `pack_documents([[s] for s in sentences], ...)`. A line longer than a block
     continues in the next; the last block of every line is padded.
     """
+    return _pack(sentences, seq_len, bos_id, eos_id, pad_id, per_line=True)
+
+
+def _pack(sentences, seq_len, bos_id, eos_id, pad_id, *, per_line: bool) -> np.ndarray:
+    """Each sentence and its </s> written into one stream, from a block boundary when `per_line`,
+    then cut into blocks of seq_len - 1 tokens behind <s>; the rest is padding."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (<s> plus one token), got {seq_len}")
     body = seq_len - 1
     if not sentences:
         return np.zeros((0, seq_len), np.int32)
-    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences)) + 1   # + </s>
-    spans = -(-lengths // body) * body                  # each line's stream, padded to whole blocks
-    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    positions = np.repeat(np.cumsum(spans) - spans, lengths) + offsets
-    is_eos = offsets == np.repeat(lengths - 1, lengths)
-    stream = np.full(int(spans.sum()), pad_id, np.int32)
-    stream[positions[~is_eos]] = np.concatenate(sentences).astype(np.int32, copy=False)
-    stream[positions[is_eos]] = eos_id
+    tokens = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
+    room = tokens + 1                                   # the sentence and its </s>
+    if per_line:
+        room = -(-room // body) * body                  # each line's stream padded to whole blocks
+    starts = np.cumsum(room) - room
+    stream = np.full(-(-int(room.sum()) // body) * body, pad_id, np.int32)
+    stream[starts + tokens] = eos_id
+    offsets = np.arange(int(tokens.sum())) - np.repeat(np.cumsum(tokens) - tokens, tokens)
+    stream[np.repeat(starts, tokens) + offsets] = np.concatenate(sentences).astype(np.int32, copy=False)
     blocks = np.empty((len(stream) // body, seq_len), np.int32)
     blocks[:, 0] = bos_id
     blocks[:, 1:] = stream.reshape(-1, body)
