@@ -50,8 +50,7 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     if text is None:
         text = read_text(config, processes, log)
     languages = text.languages
-    counts = {lang: text.train_sentences(lang) for lang in languages}
-    probs = language_probs(counts, d.alpha, d.language_caps, d.language_floors)
+    counts, probs = text.sentence_probs()
     # Token counts need the tokenizer: one trained for a "tokens" run samples its training
     # sentences by these sentence-count q_i.
     tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)

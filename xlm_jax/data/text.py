@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from xlm_jax.data.corpus import CorpusPlan, check_counts, plan_corpus, read_shards
+from xlm_jax.data.sampling import language_probs
 from xlm_jax.data.shards import check_shards, owned_shards
 from xlm_jax.data.sources import Reader
 from xlm_jax.errors import ConfigError, DataError
@@ -107,6 +108,13 @@ class CorpusText:
     def train_sentences(self, lang: str) -> int:
         """n_i in sentences: training sentences over all shards."""
         return int(self.sentences[self.languages.index(lang)].sum() - self.held_out_sizes(lang).sum())
+
+    def sentence_probs(self) -> tuple[dict[str, int], dict[str, float]]:
+        """(n_i in training sentences, q_i from them by data.alpha, caps and floors): what
+        tokenizer training samples by, and the run too unless data.sampling_unit="tokens"."""
+        d = self.plan.data_config
+        counts = {lang: self.train_sentences(lang) for lang in self.languages}
+        return counts, language_probs(counts, d.alpha, d.language_caps, d.language_floors)
 
 
 def _flat(shards: list[list[str]]) -> list[str]:

@@ -20,7 +20,6 @@ from etils import epath
 
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import _tokenizer
-from xlm_jax.data.sampling import language_probs
 from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_kind
 
@@ -73,15 +72,12 @@ def tokenizer_report(tokenizer: Tokenizer, text_by_language: dict[str, tuple[str
 def train_tokenizer(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     """The mode: validates the config, trains or loads the workdir's tokenizer, prints and writes the report."""
     config_lib.validate(config)
-    d = config.data
     corpus = read_text(config, log=log)    # all shards, in this one process
     text = {}
     for lang in corpus.languages:
         held_out = corpus.own_held_out(lang)
         text[lang] = ("held-out", held_out) if held_out else ("training", corpus.own_train(lang))
-    probs = language_probs({lang: corpus.train_sentences(lang) for lang in corpus.languages}, d.alpha,
-                           d.language_caps, d.language_floors)
-    tokenizer = _tokenizer(config, workdir, corpus, probs, log)
+    tokenizer = _tokenizer(config, workdir, corpus, corpus.sentence_probs()[1], log)
     stats = tokenizer_report(tokenizer, text)
     log(f"tokenizer: {tokenizer_kind(tokenizer)}, {tokenizer.vocab_size} ids\n" + format_table(stats))
     path = epath.Path(workdir) / REPORT_FILE

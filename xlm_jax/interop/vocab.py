@@ -20,7 +20,6 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from xlm_jax.data.sampling import language_probs
 from xlm_jax.data.text import CorpusText, read_text, tokenizer_text
 from xlm_jax.data.tokenizer_report import fertility
 from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer,
@@ -213,9 +212,7 @@ def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, 
     else:
         d = config.data
         text = text or read_text(config, log=lambda _: None)
-        probs = language_probs({lang: text.train_sentences(lang) for lang in text.languages}, d.alpha,
-                               d.language_caps, d.language_floors)
-        pools = tokenizer_text(text, probs, d.tokenizer_sentences)   # as tokenizer training: P-independent
+        pools = tokenizer_text(text, text.sentence_probs()[1], d.tokenizer_sentences)   # as tokenizer training: P-independent
         new, added = extend_sentencepiece(
             old, [line for lang in sorted(pools) for line in pools[lang]], count,
             character_coverage=d.character_coverage, input_sentence_size=d.tokenizer_sentences,
