@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xlm_jax.models.dropout import Dropout
+
 Dtype = Any
 
 REMAT_POLICIES = {
@@ -140,7 +142,7 @@ class Embeddings(nn.Module):
                 c.num_languages, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                 embedding_init=param_with_axes(dense_init(c), (None, "embed")))
         self.layer_norm = layer_norm(c, "LayerNorm")
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)
 
     def __call__(self, input_ids, token_type_ids=None, position_ids=None, language_ids=None,
                  deterministic=True):
@@ -215,7 +217,7 @@ class SelfAttention(nn.Module):
         query = query / jnp.sqrt(head_dim).astype(dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(dtype)
-        probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
+        probs = Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
         context = nn.with_logical_constraint(jnp.einsum("bhqk,bkhd->bqhd", probs, value), axes)
         return HeadProjection(c, False, name="output")(context)
 
@@ -229,7 +231,7 @@ class EncoderLayer(nn.Module):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         attended = SelfAttention(c, name="attention")(x, attention_bias, deterministic)
-        attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
+        attended = Dropout(c.dropout_rate)(attended, deterministic=deterministic)
         x = layer_norm(c, "attention_LayerNorm")(x + attended)
 
         h = over_tokens(nn.Dense(c.mlp_dim, dtype=dtype, param_dtype=jnp.float32,
@@ -242,7 +244,7 @@ class EncoderLayer(nn.Module):
                                  kernel_init=param_with_axes(dense_init(c), ("mlp", "embed")),
                                  bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
                                  name="output"), h)
-        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(c.dropout_rate)(h, deterministic=deterministic)
         x = layer_norm(c, "output_LayerNorm")(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
