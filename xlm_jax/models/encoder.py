@@ -170,38 +170,31 @@ class Embeddings(nn.Module):
         return self.word_embeddings.attend(hidden)
 
 
-class HeadProjection(nn.Module):
-    """x [b, s, hidden] <-> per-head [b, s, heads, head_dim], with a bias on the output side.
-
-    `to_heads=True` is a query/key/value projection, False the attention output.
-    Kernels keep the head axes apart so tensor parallelism can split `heads`.
-    """
+class ProjectionWeights(nn.Module):
+    """The `kernel` and `bias` of one attention projection, as flax's Dense names them."""
     config: Any
-    to_heads: bool
+    kernel_axes: tuple
+    bias_axes: tuple
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self):
         c = self.config
+        sizes = {"embed": c.hidden_size, "heads": c.num_heads, "kv": c.hidden_size // c.num_heads}
+        kernel = self.param("kernel", param_with_axes(dense_init(c), self.kernel_axes),
+                            tuple(sizes[a] for a in self.kernel_axes), jnp.float32)
+        bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.bias_axes),
+                          tuple(sizes[a] for a in self.bias_axes), jnp.float32)
         dtype = jnp.dtype(c.dtype)
-        heads, head_dim = c.num_heads, c.hidden_size // c.num_heads
-        init = dense_init(c)
-        if self.to_heads:
-            kernel_shape, kernel_axes = (c.hidden_size, heads, head_dim), ("embed", "heads", "kv")
-            bias_shape, bias_axes = (heads, head_dim), ("heads", "kv")
-        else:
-            kernel_shape, kernel_axes = (heads, head_dim, c.hidden_size), ("heads", "kv", "embed")
-            bias_shape, bias_axes = (c.hidden_size,), ("embed",)
-        kernel = self.param("kernel", param_with_axes(init, kernel_axes), kernel_shape, jnp.float32)
-        bias = self.param("bias", param_with_axes(nn.initializers.zeros, bias_axes), bias_shape,
-                          jnp.float32)
-        kernel, bias = kernel.astype(dtype), bias.astype(dtype)
-        if self.to_heads:  # [b, s, hidden] -> [b, s, heads, head_dim]
-            return over_tokens(lambda t: jnp.einsum("td,dhk->thk", t, kernel), x.astype(dtype)) + bias
-        tokens = x.reshape(x.shape[0], x.shape[1], heads * head_dim).astype(dtype)
-        return over_tokens(lambda t: t @ kernel.reshape(heads * head_dim, -1), tokens) + bias
+        return kernel.astype(dtype), bias.astype(dtype)
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention; query, key and value come from one matmul.
+
+    Their kernels keep the head axes apart (so tensor parallelism can split `heads`) and
+    are stacked per call into [hidden, 3, heads, head_dim]: one [tokens, 3 * hidden]
+    matmul instead of three [tokens, hidden] ones, which on CPU keeps the cores busier.
+    """
     config: Any
 
     @nn.compact
@@ -210,16 +203,21 @@ class SelfAttention(nn.Module):
         dtype = jnp.dtype(c.dtype)
         head_dim = c.hidden_size // c.num_heads
         axes = ("batch", "length", "heads", "kv")
-        query = nn.with_logical_constraint(HeadProjection(c, True, name="query")(x), axes)
-        key = nn.with_logical_constraint(HeadProjection(c, True, name="key")(x), axes)
-        value = nn.with_logical_constraint(HeadProjection(c, True, name="value")(x), axes)
+        weights = [ProjectionWeights(c, ("embed", "heads", "kv"), ("heads", "kv"), name=name)()
+                   for name in ("query", "key", "value")]
+        kernel = jnp.stack([kernel for kernel, _ in weights], axis=1)
+        bias = jnp.stack([bias for _, bias in weights])
+        qkv = over_tokens(lambda t: jnp.einsum("td,dchk->tchk", t, kernel), x.astype(dtype)) + bias
+        query, key, value = (nn.with_logical_constraint(qkv[:, :, i], axes) for i in range(3))
 
         query = query / jnp.sqrt(head_dim).astype(dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(dtype)
         probs = Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
         context = nn.with_logical_constraint(jnp.einsum("bhqk,bkhd->bqhd", probs, value), axes)
-        return HeadProjection(c, False, name="output")(context)
+        kernel, bias = ProjectionWeights(c, ("heads", "kv", "embed"), ("embed",), name="output")()
+        tokens = context.reshape(*context.shape[:2], c.hidden_size)
+        return over_tokens(lambda t: t @ kernel.reshape(c.hidden_size, -1), tokens) + bias
 
 
 class EncoderLayer(nn.Module):
