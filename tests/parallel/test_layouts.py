@@ -73,7 +73,7 @@ def test_gradient_accumulation_on_a_sharded_mesh(single_device, params, batch):
 
 
 def test_dropout_is_the_same_on_every_layout(params, batch):
-    """Dropout masks depend on an element's global index only, so they are the same however arrays are split.
+    """Dropout masks depend only on the key and an element's global index, not on the split.
 
     (2,2,2) fsdp_tp splits activations over the batch (data x fsdp) and attention
     probabilities over heads (tensor): if the masks depended on the layout, the loss would.
