@@ -1,4 +1,5 @@
-"""The train-step benchmark's peer comparison runs and ends in its documented ratio line."""
+"""The train-step benchmark's peer comparison runs, prints each system's speed and CPU, and
+ends in its documented ratio line."""
 import math
 import os
 import pathlib
@@ -14,6 +15,8 @@ pytest.importorskip("transformers")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--layers=1", "--hidden=32", "--heads=2", "--ffn=64", "--vocab=100", "--seq=16",
         "--batch=2", "--steps=1", "--repeats=1"]
+SYSTEM_LINE = re.compile(r"(?P<name>\w+): [\d,]+ tokens/s best, [\d,]+ median  "
+                         r"CPU (?P<cpu>[\d.]+) s/step \((?P<system>[\d.]+) system\)")
 RATIO_LINE = re.compile(r"ratio_vs_hf_flax=(\S+) ratio_vs_hf_torch=(\S+)")
 
 
@@ -27,7 +30,10 @@ def test_compare_prints_each_system_and_ends_with_the_ratios():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     for name in ("xlm_jax", "hf_flax", "hf_torch"):
-        assert any(re.match(rf"{name}: [\d,]+ tokens/s best", line) for line in lines), result.stdout
+        found = [m for m in (SYSTEM_LINE.match(line) for line in lines) if m and m["name"] == name]
+        assert found, result.stdout
+        cpu, system = float(found[0]["cpu"]), float(found[0]["system"])
+        assert 0 <= system <= cpu + 0.01, found[0].group(0)   # os.times ticks are 10 ms
     match = RATIO_LINE.fullmatch(lines[-1])
     assert match, result.stdout
     for ratio in map(float, match.groups()):

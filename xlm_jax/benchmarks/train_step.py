@@ -13,8 +13,10 @@ and warm up, then the systems take turns, `--repeats` rounds of `--steps` steps,
 each one's best round is reported. The last line is `ratio_vs_<peer>=X ...`: our
 tokens/s over the peer's.
 """
+import os
 import statistics
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -97,11 +99,22 @@ def make_ours(config):
     return run, num_params
 
 
-def timed(run, num_steps: int) -> float:
-    """Seconds per step over one round of num_steps."""
-    start = time.perf_counter()
+class Round(NamedTuple):
+    """Seconds per step in one timed round: wall clock, CPU of all threads, and the
+    system part of that CPU (on CPU hosts mostly page faults: XLA:CPU and PyTorch take
+    big buffers from fresh mmaps, which the kernel zero-fills page by page)."""
+    wall: float
+    cpu: float
+    system: float
+
+
+def timed(run, num_steps: int) -> Round:
+    """One round of num_steps; only this system runs meanwhile, so the process's CPU is its."""
+    start, cpu_start = time.perf_counter(), os.times()
     run(num_steps)
-    return (time.perf_counter() - start) / num_steps
+    wall, cpu_end = time.perf_counter() - start, os.times()
+    cpu = cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system
+    return Round(wall / num_steps, cpu / num_steps, (cpu_end.system - cpu_start.system) / num_steps)
 
 
 def main(argv):
@@ -123,11 +136,12 @@ def main(argv):
         start = time.perf_counter()
         first[name] = run(1)
         compile_s[name] = time.perf_counter() - start
-    seconds = {name: [] for name in systems}
+    rounds = {name: [] for name in systems}
     for _ in range(FLAGS.repeats):  # alternate, so load on this machine hits every system alike
         for name, run in systems.items():
-            seconds[name].append(timed(run, FLAGS.steps))
-    best = {name: min(s) for name, s in seconds.items()}
+            rounds[name].append(timed(run, FLAGS.steps))
+    best_round = {name: min(r, key=lambda r: r.wall) for name, r in rounds.items()}
+    best = {name: r.wall for name, r in best_round.items()}
 
     tokens_per_s = tokens / best["xlm_jax"]
     flops = metrics_lib.flops_per_token(config.model, config.data.seq_len, config.data.mask_prob)
@@ -142,13 +156,15 @@ def main(argv):
     print(f"xlm_jax: {1 / best['xlm_jax']:.2f} steps/s  {tokens_per_s:,.0f} tokens/s  "
           f"MFU {100 * tokens_per_s * flops / peak:.1f}%  "
           f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB"
-          + (" (the process's, peers included)" if FLAGS.compare else ""))
+          + (" (the process's, peers included)" if FLAGS.compare else "")
+          + f"  CPU {best_round['xlm_jax'].cpu:.2f} s/step ({best_round['xlm_jax'].system:.2f} system)")
     if not FLAGS.compare:
         return
     print(f"timing: best of {FLAGS.repeats} alternating rounds of {FLAGS.steps} steps per system")
     for name in systems:
-        median = statistics.median(seconds[name])
+        median = statistics.median(r.wall for r in rounds[name])
         print(f"{name}: {tokens / best[name]:,.0f} tokens/s best, {tokens / median:,.0f} median  "
+              f"CPU {best_round[name].cpu:.2f} s/step ({best_round[name].system:.2f} system)  "
               f"(compile+first step {compile_s[name]:.1f}s, first loss "
               f"{float(first[name]['loss'] if name == 'xlm_jax' else first[name]):.3f})")
     ratios = {name: best[name] / best["xlm_jax"] for name in FLAGS.compare}
