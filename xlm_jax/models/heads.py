@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xlm_jax.models.encoder import Encoder, dense_init, layer_norm, over_tokens, param_with_axes
+from xlm_jax.models.encoder import Encoder, dense_init, gelu, layer_norm, over_tokens, param_with_axes
 
 
 def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
@@ -46,7 +46,7 @@ class MaskedLMHead(nn.Module):
                                  kernel_init=param_with_axes(dense_init(c), ("embed", None)),
                                  bias_init=param_with_axes(nn.initializers.zeros, (None,)),
                                  name="dense"), hidden)
-        h = nn.gelu(h, approximate=False)
+        h = gelu(h)
         h = layer_norm(c, "LayerNorm")(h)
         bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("vocab",)),
                           (c.vocab_size,), jnp.float32)
