@@ -113,8 +113,9 @@ def timed(run, num_steps: int) -> Round:
     start, cpu_start = time.perf_counter(), os.times()
     run(num_steps)
     wall, cpu_end = time.perf_counter() - start, os.times()
-    cpu = cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system
-    return Round(wall / num_steps, cpu / num_steps, (cpu_end.system - cpu_start.system) / num_steps)
+    # Differences first: summing before subtracting can round 0 to -1e-16 ("-0.00").
+    user, system = cpu_end.user - cpu_start.user, cpu_end.system - cpu_start.system
+    return Round(wall / num_steps, (user + system) / num_steps, system / num_steps)
 
 
 def main(argv):
