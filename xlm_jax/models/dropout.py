@@ -74,8 +74,8 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0:
             return x
-        if quantized_rate(self.rate) >= 1:
+        rate = quantized_rate(self.rate)
+        if rate >= 1:
             return jnp.zeros_like(x)
         keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
-        scale = 1 / (1 - quantized_rate(self.rate))
-        return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
+        return jnp.where(keep, x * jnp.asarray(1 / (1 - rate), x.dtype), jnp.zeros_like(x))
