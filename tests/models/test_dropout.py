@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.config import default_config
-from xlm_jax.models.dropout import Dropout, keep_mask, quantized_rate
+from xlm_jax.models.dropout import Dropout, index_words, keep_mask, quantized_rate, threefry_at
 from xlm_jax.parallel.mesh import make_mesh
 
 
@@ -111,9 +111,82 @@ def test_other_prng_implementations_and_raw_keys_work():
     np.testing.assert_array_equal(raw, keep_mask(jax.random.key(5), shape, 0.2))
 
 
-def test_too_many_elements_is_a_clear_error():
-    with pytest.raises(ValueError, match="at most 2\\*\\*32"):
-        keep_mask(jax.random.key(0), (2 ** 16, 2 ** 16), 0.1)
+# The shape of the hash groups of attention-probability dropout at XLM-R's batch 8192:
+# [batch, heads, 512, 512 / 4], 2**35 groups, 25.8G elements.
+BIG_GROUPS = (8192, 16, 512, 128)
+
+
+def _unravel(index, shape):
+    coords = []
+    for n in reversed(shape):
+        index, c = divmod(index, n)
+        coords.append(c)
+    return coords[::-1]
+
+
+@pytest.mark.parametrize("shape", [BIG_GROUPS, (65537, 65537), (3, 2 ** 32), (2 ** 31, 2 ** 31, 3),
+                                   (7, 2 ** 20, 1, 2 ** 20, 5), (2 ** 16, 2 ** 16)])
+def test_index_words_are_the_64_bit_row_major_index(shape):
+    """hi, lo == the exact index >> 32, & 0xFFFFFFFF at corners, the 2**32 boundary,
+    every axis boundary and random points, against python ints / numpy uint64."""
+    total = int(np.prod(shape, dtype=object))
+    flats = {0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, total - 2, total - 1}
+    for axis in range(len(shape)):           # the last element of a block and the next one
+        block = int(np.prod(shape[axis:], dtype=object))
+        flats |= {block - 1, block, 3 * block - 1, 3 * block} if block < total else {block - 1}
+    rng = np.random.default_rng(0)
+    flats |= {int(i) for i in rng.integers(0, total, 50, dtype=np.uint64)}
+    flats = sorted(f for f in flats if 0 <= f < total)
+    coords = np.array([_unravel(f, shape) for f in flats], dtype=np.uint64).T
+    hi, lo = index_words([jnp.asarray(c, jnp.uint32) for c in coords], shape)
+    expected = np.array(flats, dtype=np.uint64)
+    np.testing.assert_array_equal(np.asarray(hi), (expected >> np.uint64(32)).astype(np.uint32))
+    np.testing.assert_array_equal(np.asarray(lo), (expected & np.uint64(2**32 - 1)).astype(np.uint32))
+
+
+def test_index_words_broadcast_coordinates_of_a_block():
+    """Per-axis coordinate arrays broadcast: a [2, 3, 4] block of a big shape at once."""
+    shape = (9000, 7, 2 ** 29)
+    axes = [np.array([4000, 8999]), np.array([0, 3, 6]), np.array([0, 1, 2 ** 29 - 2, 2 ** 29 - 1])]
+    hi, lo = index_words([jnp.asarray(axes[0], jnp.uint32)[:, None, None],
+                          jnp.asarray(axes[1], jnp.uint32)[None, :, None],
+                          jnp.asarray(axes[2], jnp.uint32)[None, None, :]], shape)
+    a, b, c = (x.astype(np.uint64) for x in np.meshgrid(*axes, indexing="ij"))
+    expected = (a * np.uint64(7) + b) * np.uint64(2 ** 29) + c
+    np.testing.assert_array_equal(np.asarray(hi), (expected >> np.uint64(32)).astype(np.uint32))
+    np.testing.assert_array_equal(np.asarray(lo), (expected & np.uint64(2**32 - 1)).astype(np.uint32))
+
+
+def test_big_arrays_trace_and_lower_without_allocating():
+    """Dropout over attention probabilities at batch 8192 (25.8G elements) traces and
+    lowers: the mask has the input's shape, for threefry and rbg keys."""
+    shape = (*BIG_GROUPS[:3], 512)
+    x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    apply = lambda x, k: Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": k})
+    out = jax.eval_shape(apply, x, jax.random.key(0))
+    assert out.shape == shape and out.dtype == jnp.bfloat16
+    for key in (jax.random.key(0), jax.random.key(0, impl="rbg")):
+        lowered = jax.jit(lambda k: keep_mask(k, shape, 0.1)).lower(key)
+        assert lowered.out_info.shape == shape and lowered.out_info.dtype == jnp.bool_
+
+
+def test_hashes_past_2_32_use_the_64_bit_index_as_counter():
+    """The hashes of rows of a 2**35-group array, past and across the 2**32 boundary, are
+    numpy threefry2x32 of (index >> 32, index & 0xFFFFFFFF) of each group's global index."""
+    key = jax.random.key(42)
+    boundary = _unravel(2 ** 32, BIG_GROUPS)              # [1024, 0, 0, 0]
+    rows = [(boundary[0] - 1, 15, 511), tuple(boundary[:3]), (8191, 15, 511), (5000, 7, 300)]
+    b, h, r = (jnp.asarray([row[i] for row in rows], jnp.uint32)[:, None] for i in range(3))
+    g = jnp.arange(BIG_GROUPS[-1], dtype=jnp.uint32)[None, :]
+    out_hi, out_lo = threefry_at(key, [b, h, r, g], BIG_GROUPS)
+    index = np.array([[((row[0] * 16 + row[1]) * 512 + row[2]) * 128 + j for j in range(128)]
+                      for row in rows], dtype=np.uint64)
+    assert index.min() < 2 ** 32 <= index.max()
+    expected = numpy_threefry2x32(np.asarray(jax.random.key_data(key)),
+                                  (index >> np.uint64(32)).astype(np.uint32),
+                                  (index & np.uint64(2**32 - 1)).astype(np.uint32))
+    np.testing.assert_array_equal(np.asarray(out_hi), expected[0])
+    np.testing.assert_array_equal(np.asarray(out_lo), expected[1])
 
 
 def test_mask_is_the_same_however_the_array_is_sharded():
