@@ -27,7 +27,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # tensorboard only to check, in tests, that it reads our event files: training writes
+        # them with TensorFlow alone (xlm_jax/train/metrics.py).
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "tensorboard>=2.21"],
         # transformers' XLM-R in PyTorch, the reference for interop parity tests.
         # transformers 4.57.6 is the last release that also has Flax models (peer benchmarks).
         "hf": ["torch==2.13.0", "transformers==4.57.6"],

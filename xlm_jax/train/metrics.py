@@ -91,21 +91,32 @@ def format_duration(seconds: float) -> str:
 
 
 class SummaryWriter:
-    """TensorBoard event files in <workdir>/tensorboard, written by process 0 only."""
+    """TensorBoard event files in <workdir>/tensorboard, written by process 0 only.
+
+    `tf.summary.scalar` lives in the tensorboard package, which TensorFlow 2.21 no longer
+    installs; a training host needs no viewer. So scalars go through TensorFlow's own
+    `tf.summary.write` with the scalar plugin's metadata: the same event records
+    `tensorboard.summary.scalar` writes, which `tensorboard --logdir` (on any machine) reads.
+    """
 
     def __init__(self, logdir: str, enabled: bool):
         self._writer = None
         if enabled:
             import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
             self._tf = tf
             self._writer = tf.summary.create_file_writer(logdir)
+            self._scalar = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+                data_class=summary_pb2.DATA_CLASS_SCALAR)
 
     def scalars(self, step: int, values: dict) -> None:
         if self._writer is None:
             return
         with self._writer.as_default(step=step):
             for name, value in values.items():
-                self._tf.summary.scalar(name, float(value))
+                self._tf.summary.write(name, self._tf.constant(float(value), self._tf.float32),
+                                       metadata=self._scalar)
         self._writer.flush()
 
     def close(self) -> None:
