@@ -12,20 +12,20 @@ import os
 
 import numpy as np
 
+from xlm_jax.extras import require
+
 PEERS = ("hf_flax", "hf_torch")
 
 
-def _import_hf(*modules):
-    try:
-        return [__import__(name) for name in modules]
-    except ImportError as e:
-        raise ImportError(f"the hf_flax/hf_torch peers need transformers (and torch): "
-                          f"pip install -e '.[hf]' ({e})") from e
+def check_installed(name: str) -> None:
+    """Raises MissingPackage before anything is built if peer `name` cannot run here."""
+    for package in ("transformers", "torch") if name == "hf_torch" else ("transformers",):
+        require(package, f"--compare={name}")
 
 
 def hf_config(model_config):
     """The transformers XLMRobertaConfig of the same size and dropout as our model config."""
-    (transformers,) = _import_hf("transformers")
+    transformers = require("transformers", "the hf_flax/hf_torch peers")
     m = model_config
     return transformers.XLMRobertaConfig(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
@@ -54,7 +54,9 @@ def _no_decay(name: str) -> bool:
 
 def make_hf_flax(config, batch: dict):
     """Returns run(num_steps) -> last loss: jitted optax train steps of FlaxXLMRobertaForMaskedLM."""
-    transformers, jax, optax, flax = _import_hf("transformers", "jax", "optax", "flax")
+    transformers = require("transformers", "--compare=hf_flax")
+    import jax
+    import optax
     import flax.traverse_util  # noqa: F401  (the submodule is not imported by `import flax`)
     import jax.numpy as jnp
 
@@ -103,7 +105,7 @@ def make_hf_flax(config, batch: dict):
 
 def make_hf_torch(config, batch: dict):
     """Returns run(num_steps) -> last loss: eager PyTorch train steps of XLMRobertaForMaskedLM on CPU."""
-    transformers, torch = _import_hf("transformers", "torch")
+    transformers, torch = require("transformers", "--compare=hf_torch"), require("torch", "--compare=hf_torch")
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     t = config.train
