@@ -161,4 +161,4 @@ def test_a_bad_line_in_one_process_shards_stops_every_process(corpus, tmp_path):
     assert sorted(index for index, _ in errors) == [0, 1]
     message = dict(errors)
     assert message[0] == f"process 1: {message[1]}"
-    assert re.search(rf"en\.txt, the line at byte {offset}: byte offset {offset + 7} \(0xff\)", message[1])
+    assert re.search(rf"en\.txt, line 191 at byte {offset}: byte offset {offset + 7} \(0xff\)", message[1])

@@ -117,18 +117,32 @@ def test_bad_lines_in_a_range_are_named_by_their_byte_offset(tmp_path):
     part = next(Part(s, 4) for s in range(4) if Part(s, 4).byte_range(len(data))[0] <= at
                 < Part(s, 4).byte_range(len(data))[1])
     assert part.index > 0
-    with pytest.raises(DataError, match=rf"en\.txt, the line at byte {at}: byte offset {at + 4} \(0xff\) is not "
+    with pytest.raises(DataError, match=rf"en\.txt, line 31 at byte {at}: byte offset {at + 4} \(0xff\) is not "
                                         r"valid UTF-8"):
         Reader("error").read_txt(str(path), part)
     assert data[at:].startswith(b"bad \xff")
     logs = []
     kept = Reader("skip", log=logs.append).read_txt(str(path), part)
     assert len(kept) == len(Reader("skip").read_txt(str(path), part)) and "bad \ufffd byte" not in kept
-    assert logs == [f"skipped 1 lines of {path} (byte range {part.index + 1} of 4): 1 undecodable (the line at "
+    assert logs == [f"skipped 1 lines of {path} (byte range {part.index + 1} of 4): 1 undecodable (line 31 at "
                     f"byte {at}); kept {len(kept)}, 0 empty lines ignored"]
     with pytest.raises(DataError, match=r"en\.txt, line 31: byte offset"):   # the first range: line numbers
         Reader("error").read_txt(str(path), Part(0, 1))
 
+
+
+def test_a_bad_tsv_line_in_a_later_range_is_named_by_line_and_byte(tmp_path):
+    lines = [b"good %d\tgut %d" % (i, i) for i in range(50)]
+    lines[37] = b"one column only"
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "en-de.tsv"
+    path.write_bytes(data)
+    at = data.index(b"one column")
+    part = next(Part(s, 5) for s in range(5) if Part(s, 5).byte_range(len(data))[0] <= at
+                < Part(s, 5).byte_range(len(data))[1])
+    assert part.index > 0
+    with pytest.raises(DataError, match=rf"en-de\.tsv, line 38 at byte {at}: found 1 tab-separated column"):
+        Reader("error").read_tsv(str(path), "en", "de", part)
 
 def _gz(path, lines):
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))

@@ -51,9 +51,11 @@ class ReadStats:
     empty: int = 0
     skipped: dict[str, list] = dataclasses.field(default_factory=dict)   # reason -> [count, first position]
 
-    def skip(self, reason: str, position: str) -> None:
-        count = self.skipped.setdefault(reason, [0, position])
-        count[0] += 1
+    def skip(self, reason: str, position: Callable[[], str]) -> None:
+        """Counts a skipped line; `position()` names it, asked only for a reason's first line."""
+        if reason not in self.skipped:
+            self.skipped[reason] = [0, position()]
+        self.skipped[reason][0] += 1
 
     @property
     def num_skipped(self) -> int:
@@ -96,10 +98,11 @@ class Reader:
         """The same policy, logging nothing: for text another process has read, checked and logged."""
         return Reader(self.on_bad_line, self.max_line_chars, lambda _: None)
 
-    def bad(self, stats: ReadStats, reason: str, position: str, message: str) -> None:
+    def bad(self, stats: ReadStats, reason: str, where: str, position: Callable[[], str], problem: str) -> None:
         """A bad line: raise under "error", count under "skip"."""
         if self.on_bad_line == "error":
-            raise DataError(f"{message} (or set --config.data.on_bad_line=skip to skip and count such lines)")
+            raise DataError(f"{where}, {position()}: {problem} (or set --config.data.on_bad_line=skip to "
+                            "skip and count such lines)")
         stats.skip(reason, position)
 
     def drop(self, message: str) -> None:
@@ -130,10 +133,10 @@ class Reader:
         `pair` = (src, tgt) its two tab-separated columns, both non-empty.
 
         `where` names the source in messages ("path" or "path, example 3"). Lines are named
-        "line N", counted from `first_line`; in data that starts at byte `first_byte` > 0 of a
-        file (a shard's byte range, whose line numbers are unknown without reading all before
-        it), "the line at byte N". `select(index)` keeps some lines only (a shard's share of a
-        .gz file); the others are neither checked nor counted. A UTF-8 BOM at the start of a
+        "line N", counted from `first_line`; in data that starts at byte `first_byte` > 0 of the
+        file `where` (a shard's byte range), "line N at byte B", N counted in the file only when
+        a line is reported, so the good path reads nothing twice. `select(index)` keeps some
+        lines only (a shard's share of a .gz file); the others are neither checked nor counted. A UTF-8 BOM at the start of a
         file and the CR of CRLF endings are removed.
         """
         shift = 0
@@ -151,9 +154,13 @@ class Reader:
                 starts = np.concatenate([[0], np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1])
             return (first_byte or 0) + shift + int(starts[index])
 
+        def position(index: int) -> str:
+            if not first_byte:
+                return f"line {first_line + index}"
+            return f"line {line_number(where, start_of(index))} at byte {start_of(index)}"
+
         def bad(index: int, reason: str, problem: str) -> None:
-            position = f"the line at byte {start_of(index)}" if first_byte else f"line {first_line + index}"
-            self.bad(stats, reason, position, f"{where}, {position}: {problem}")
+            self.bad(stats, reason, where, lambda: position(index), problem)
 
         count = len(texts if raw is None else raw)
         if (texts[-1] == "" if raw is None else raw[-1] == b""):
@@ -248,6 +255,16 @@ class Reader:
 
 
 _FIRST_BUDGET = 1 << 16   # bytes of the first prefix a limited read tries
+
+
+def line_number(path: str, offset: int) -> int:
+    """The number of the line starting at byte `offset` of a plain file: 1 + the newlines before it."""
+    newlines = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (chunk := f.read(min(offset, 1 << 20))):
+            newlines += chunk.count(b"\n")
+            offset -= len(chunk)
+    return newlines + 1
 
 
 def skip_total(reasons: dict[str, int], files: int, dropped: int) -> str:
