@@ -176,7 +176,10 @@ def np_fairseq_positions(ids, pad):
 
 
 def np_forward(params, ids, mc, attention_mask=None, token_type_ids=None, language_ids=None):
-    """Logits [B,S,V] and hidden states [L+1,B,S,H] of a post-LN XLM-R encoder + MLM head."""
+    """Logits [B,S,V] and hidden states [L+1,B,S,H] of a post-LN XLM-R encoder + MLM head.
+
+    V is the true vocabulary, mc.vocab_size: the model layout's padding rows are not used.
+    """
     p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     ids = np.asarray(ids)
     enc, head = p["encoder"], p["lm_head"]
@@ -190,7 +193,7 @@ def np_forward(params, ids, mc, attention_mask=None, token_type_ids=None, langua
         positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
     if token_type_ids is None:
         token_type_ids = np.zeros_like(ids)
-    word = emb["word_embeddings"]["embedding"]
+    word = emb["word_embeddings"]["embedding"][:mc.vocab_size]
     x = word[ids] + emb["position_embeddings"]["embedding"][positions]
     x = x + emb["token_type_embeddings"]["embedding"][token_type_ids]
     if mc.num_languages:
@@ -214,7 +217,7 @@ def np_forward(params, ids, mc, attention_mask=None, token_type_ids=None, langua
         hidden.append(x)
     h = np_gelu(x @ head["dense"]["kernel"] + head["dense"]["bias"])
     h = np_layer_norm(h, head["LayerNorm"], eps)
-    logits = h @ word.T + head["bias"]
+    logits = h @ word.T + head["bias"][:mc.vocab_size]
     return logits, np.stack(hidden)
 
 

@@ -60,9 +60,10 @@ class Model:
         if not positions.size:
             raise ValueError(f"text has no {t.id_to_piece(t.mask_id)}: {text!r}")
         probs = jax.nn.softmax(self._logits(self.params, ids)[0].astype(jnp.float32), axis=-1)
+        probs = np.asarray(probs)[:, :self.config.model.vocab_size]   # the padding ids have prob 0
         results = []
         for position in positions:
-            top = np.argsort(-np.asarray(probs[position]))[:top_k]
+            top = np.argsort(-probs[position])[:top_k]
             results.append([(t.id_to_piece(int(i)), float(probs[position, i])) for i in top])
         return results
 

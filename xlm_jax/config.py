@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.num_heads = 2
     m.mlp_dim = 512
     m.vocab_size = 8002          # incl. the 4 fairseq specials and <mask>
+    m.vocab_pad_multiple = 128   # word-embedding rows and MLM logits padded to a multiple of this: `vocab` shards
     m.max_len = 512              # tokens; position table has max_len + pad_token_id + 1 rows
     m.type_vocab_size = 1        # XLM-R: 1, BERT: 2
     m.num_languages = 0          # > 0 adds XLM-style language embeddings (off for XLM-R)
@@ -182,6 +183,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"got {m.position_offset}; use {m.pad_token_id + 1} (fairseq/XLM-R positions after "
              f"pad_token_id={m.pad_token_id}) or 0 (BERT positions from 0)")
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
+    _require(type(m.vocab_pad_multiple) is int and m.vocab_pad_multiple > 0, "model.vocab_pad_multiple",
+             f"got {m.vocab_pad_multiple!r}; must be a positive int (1 = no padding)")
     _require(d.tokenizer != "bytes" or config.init_from or m.vocab_size == BYTE_VOCAB_SIZE, "model.vocab_size",
              f"got {m.vocab_size}, but data.tokenizer=\"bytes\" has {BYTE_VOCAB_SIZE} ids (4 specials, 256 "
              f"bytes, <mask>); set --config.model.vocab_size={BYTE_VOCAB_SIZE}")

@@ -9,6 +9,7 @@ from tests.helpers import tiny_config
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.interop.hf import export_hf, import_hf
 from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.vocab_padding import VOCAB_ROW_PARAMS, padded_vocab_size, resize_vocab_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -76,7 +77,16 @@ def test_round_trip_through_transformers_is_bit_exact(tmp_path, sentencepiece, f
                   "type_vocab_size", "pad_token_id", "position_offset", "layer_norm_eps", "pooler"):
         assert back.model[field] == m[field], field
     assert back.has_head and not back.dropped
-    flat, flat_back = (jax.tree_util.tree_flatten_with_path(p)[0] for p in (params, back.params))
+    # Back in the model layout (vocabulary rows padded, the padding zero); bit-exact at the true size.
+    assert jax.tree.map(np.shape, back.params) == jax.tree.map(np.shape, params)
+    for path in VOCAB_ROW_PARAMS:
+        table = back.params[path[0]]
+        for key in path[1:]:
+            table = table[key]
+        assert table.shape[0] == padded_vocab_size(m) > m.vocab_size
+        assert not table[m.vocab_size:].any()
+    flat, flat_back = (jax.tree_util.tree_flatten_with_path(resize_vocab_rows(p, m.vocab_size))[0]
+                       for p in (params, back.params))
     assert [path for path, _ in flat] == [path for path, _ in flat_back]
     for (path, want), (_, got) in zip(flat, flat_back):
         np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
@@ -104,7 +114,7 @@ def test_transformers_loads_the_export_without_warnings_and_agrees(tmp_path, sen
     with torch.no_grad():
         expected = reference.eval()(torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))).logits
     logits = MaskedLM(m).apply({"params": params}, jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask))
-    np.testing.assert_allclose(np.asarray(logits)[mask], expected.numpy()[mask], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(logits)[..., :m.vocab_size][mask], expected.numpy()[mask], atol=1e-4)
 
 
 def test_export_refuses_to_overwrite_and_leaves_nothing_behind(tmp_path, sentencepiece):

@@ -29,7 +29,8 @@ def hf_dir(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_from_hf(hf_dir, tmp_path_factory):
     """A run started from hf_dir: one step at learning rate 0 (warmup starts at 0), so its
-    checkpoint must hold exactly the imported weights."""
+    checkpoint must hold exactly the imported weights, in the run's own vocabulary padding
+    (302 ids padded to 320 here, where an import pads to 384 by default)."""
     directory, text = hf_dir
     root = tmp_path_factory.mktemp("from_hf")
     corpus = root / "corpus"
@@ -41,7 +42,8 @@ def run_from_hf(hf_dir, tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "xlm_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
          f"--config.data.corpus_dir={corpus}", *TINY, f"--config.init_from=hf:{directory}",
-         "--config.model.hidden_size=48", "--config.train.num_steps=1", "--config.train.warmup_steps=1"],
+         "--config.model.hidden_size=48", "--config.model.vocab_pad_multiple=64",
+         "--config.train.num_steps=1", "--config.train.warmup_steps=1"],
         cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result.stdout
@@ -52,6 +54,7 @@ def test_training_starts_from_the_imported_weights(hf_dir, run_from_hf):
 
     from xlm_jax import load
     from xlm_jax.interop.hf import import_hf
+    from xlm_jax.models.vocab_padding import resize_vocab_rows
 
     directory, _ = hf_dir
     workdir, stdout = run_from_hf
@@ -59,7 +62,8 @@ def test_training_starts_from_the_imported_weights(hf_dir, run_from_hf):
     assert (workdir / "tokenizer.model").read_bytes() == (directory / "sentencepiece.bpe.model").read_bytes()
     model = load(str(workdir))
     assert model.config.model.hidden_size == 32 and model.config.model.vocab_size == 302
-    imported = import_hf(str(directory)).params
+    imported = resize_vocab_rows(import_hf(str(directory)).params, 320)
+    assert model.params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (320, 32)
     for got, want in zip(jax.tree.leaves(model.params), jax.tree.leaves(imported)):
         np.testing.assert_array_equal(np.asarray(got), want)
 

@@ -20,6 +20,7 @@ from xlm_jax.interop.hf import import_hf
 from xlm_jax.interop.vocab import (WORD_START, adopt_vocab_extension, extend_params, extend_sentencepiece,
                                    new_row_sources)
 from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.vocab_padding import padded_vocab_size, round_up
 
 pytest.importorskip("torch")
 HELD_OUT = 300       # last lines of each mono file: never trained on, fertility measured there
@@ -83,7 +84,8 @@ def test_logits_on_text_the_old_vocabulary_covers_are_unchanged(small_model, sha
     grown = imported.model.copy_and_resolve_references()
     grown.vocab_size = new.vocab_size
     after, hidden_after = outputs(grown, params, new_ids)
-    assert after.shape[-1] == new.vocab_size
+    assert after.shape[-1] == padded_vocab_size(grown) >= new.vocab_size
+    before, after = before[..., :old.vocab_size], after[..., :new.vocab_size]
     # Every hidden state is bit-identical; the logits are the same dot products, summed in an
     # order XLA's CPU matmul may block differently for a wider vocabulary (last-bit differences).
     np.testing.assert_array_equal(hidden_after[:, mask], hidden_before[:, mask])
@@ -97,8 +99,11 @@ def test_new_rows_are_means_of_the_old_tokenization(small_model):
     table = np.asarray(imported.params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
     bias = np.asarray(imported.params["lm_head"]["bias"])
     grown = params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
-    np.testing.assert_array_equal(grown[:old.vocab_size - 1], table[:-1])
-    np.testing.assert_array_equal(grown[-1], table[-1])
+    np.testing.assert_array_equal(grown[:old.vocab_size - 1], table[:old.vocab_size - 1])
+    np.testing.assert_array_equal(grown[new.vocab_size - 1], table[old.vocab_size - 1])   # <mask>
+    # The model layout of the new vocabulary: zero rows up to the pad multiple.
+    for rows in (grown, params["lm_head"]["bias"]):
+        assert len(rows) == round_up(new.vocab_size, 128) and not rows[new.vocab_size:].any()
     # By hand: word-initial pieces read by the old tokenizer as a word (its ids for "▁" + word),
     # without a lone "▁" and without <unk> (the old model has no row that means the character).
     def by_hand(piece):
@@ -217,5 +222,6 @@ def test_continued_pretraining_extends_once_and_resumes(shared_data, tmp_path):
     assert (workdir / "tokenizer.model").read_bytes() == tokenizer_bytes
     model = load(str(workdir))
     assert model.step == 2
-    assert model.params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (new.vocab_size, 32)
-    assert model.params["lm_head"]["bias"].shape == (new.vocab_size,)
+    padded = padded_vocab_size(model.config.model)
+    assert model.params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (padded, 32)
+    assert model.params["lm_head"]["bias"].shape == (padded,)

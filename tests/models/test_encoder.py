@@ -13,6 +13,7 @@ from xlm_jax.objectives.mlm import mlm_loss_terms
 
 # The shapes the brief's reference model must have (3 layers, hidden 96, 6 heads).
 L, H, NH, MLP, V = 3, 96, 6, 192, 101
+VP = 128   # V padded to model.vocab_pad_multiple: the model layout's vocabulary rows
 
 
 def reference_config(**model_overrides):
@@ -43,7 +44,7 @@ def test_param_tree_shapes_and_logical_axes():
     expected = {
         "encoder": {
             "embeddings": {
-                "word_embeddings": {"embedding": (V, H)},
+                "word_embeddings": {"embedding": (VP, H)},
                 "position_embeddings": {"embedding": (512 + 2, H)},   # fairseq: max_len + pad + 1
                 "token_type_embeddings": {"embedding": (1, H)},
                 "LayerNorm": {"scale": (H,), "bias": (H,)},
@@ -53,7 +54,7 @@ def test_param_tree_shapes_and_logical_axes():
         "lm_head": {
             "dense": {"kernel": (H, H), "bias": (H,)},
             "LayerNorm": {"scale": (H,), "bias": (H,)},
-            "bias": (V,),
+            "bias": (VP,),
         },
     }
     assert shapes == expected
@@ -98,10 +99,10 @@ def test_forward_matches_numpy_reference(variant):
                                        **{k: jnp.asarray(v) for k, v in kwargs.items()})
     ref_logits, ref_hidden = np_forward(params, ids, config.model, **kwargs)
 
-    assert logits.shape == (4, 12, V) and logits.dtype == jnp.float32
+    assert logits.shape == (4, 12, VP) and logits.dtype == jnp.float32
     assert hidden.shape == (L + 1, 4, 12, H)
     np.testing.assert_allclose(np.asarray(hidden), ref_hidden, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[..., :V], ref_logits, atol=1e-4, rtol=0)
     assert np.abs(ref_logits).std() > 0.3   # the comparison is not between near-zero numbers
 
 
@@ -114,7 +115,7 @@ def test_explicit_attention_mask_matches_numpy_reference():
     mask[0, 4:6] = False
     logits = jit_apply(config)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
     ref_logits, _ = np_forward(params, ids, config.model, attention_mask=mask)
-    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[..., :V], ref_logits, atol=1e-4, rtol=0)
     default_logits, _ = np_forward(params, ids, config.model)
     assert np.abs(ref_logits - default_logits).max() > 1e-3   # the mask did change something
 
@@ -156,7 +157,7 @@ def test_masked_positions_gather_equals_full_logits():
     apply = jit_apply(config)
     full = np.asarray(apply({"params": params}, ids))
     gathered = np.asarray(apply({"params": params}, ids, positions))
-    assert gathered.shape == positions.shape + (V,)
+    assert gathered.shape == positions.shape + (VP,)
     expected = np.take_along_axis(full, np.asarray(positions)[..., None], axis=1)
     np.testing.assert_allclose(gathered, expected, atol=1e-5, rtol=0)
 
@@ -217,11 +218,11 @@ def test_bfloat16_compute_is_close_to_float32():
     _, params = random_params(config, seed=12)
     batch = random_batch(config, seed=13)
     ids, positions = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["masked_positions"])
-    f32 = np.asarray(jit_apply(config)({"params": params}, ids, positions))
+    f32 = np.asarray(jit_apply(config)({"params": params}, ids, positions))[..., :V]
     bf16_config = reference_config(dtype="bfloat16")
     bf16_logits = jit_apply(bf16_config)({"params": params}, ids, positions)
     assert bf16_logits.dtype == jnp.bfloat16
-    bf16 = np.asarray(bf16_logits.astype(jnp.float32))
+    bf16 = np.asarray(bf16_logits.astype(jnp.float32))[..., :V]
     assert np.all(np.isfinite(bf16))
     # 8 mantissa bits: errors of a few percent of the logit scale, and the same ranking mostly.
     assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
@@ -265,7 +266,7 @@ def test_dropout_only_when_not_deterministic():
     np.testing.assert_array_equal(det_a, det_b)
     np.testing.assert_array_equal(det_a, np.asarray(apply({"params": params}, ids)))
     ref_logits, _ = np_forward(params, np.asarray(ids), config.model)
-    np.testing.assert_allclose(det_a, ref_logits, atol=1e-4, rtol=0)   # deterministic = no dropout
+    np.testing.assert_allclose(det_a[..., :V], ref_logits, atol=1e-4, rtol=0)   # deterministic = no dropout
     drop_a, drop_a_again, drop_b = run(False, 0), run(False, 0), run(False, 1)
     np.testing.assert_array_equal(drop_a, drop_a_again)
     assert np.abs(drop_a - drop_b).max() > 1e-3

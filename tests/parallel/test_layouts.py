@@ -13,8 +13,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tests.helpers import (assert_updated_params_close, cached_train_setup, param_shapes, random_batch,
                            random_params, tiny_config, to_numpy)
 from xlm_jax.errors import ConfigError, XlmJaxError
+from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh, mesh_shape
 from xlm_jax.parallel.rules import logical_axis_rules
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import state_shardings
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: "
                                 "XLA_FLAGS=--xla_force_host_platform_device_count=8 (repo-root conftest)")
@@ -226,8 +229,63 @@ def test_batch_sharding_of_each_preset():
 
 
 def test_indivisible_layout_is_an_actionable_error():
-    """A vocabulary the tensor axis cannot split evenly (XLM-R's 250002 over tensor=4 is one)
-    must fail up front with an xlm_jax error naming the field, not a raw jax IndivisibleError."""
+    """A vocabulary the tensor axis cannot split evenly (101 over tensor=2, padding off) must fail
+    up front with an xlm_jax error naming the field to change, not a raw jax IndivisibleError."""
     config = tiny_config(vocab_size=101)
-    with pytest.raises(XlmJaxError, match="vocab_size"):
+    config.model.vocab_pad_multiple = 1
+    with pytest.raises(XlmJaxError, match="vocab_pad_multiple"):
         cached_train_setup(config, (2, 2, 2), "fsdp_tp").new_state()
+
+
+# ------------------------------------------------------------------ padded vocabulary
+
+
+def odd_vocab_config():
+    """Vocabulary 102 = 2 x 51 (tensor=2 at most), padded to 128 rows; 4 heads for tensor=4."""
+    return tiny_config(vocab_size=102, batch_size=8, warmup_steps=0)
+
+
+def test_odd_vocabulary_trains_at_tensor_4_like_one_device():
+    config = odd_vocab_config()
+    _, params = random_params(config, seed=22, scale=0.1)
+    batch = random_batch(config, seed=23)
+    base_setup, base_state, base = _one_step(config, (1, 1, 1), "fsdp", params, batch)
+    setup, state, metrics = _one_step(config, (2, 1, 4), "fsdp_tp", params, batch)
+    word = ("encoder", "embeddings", "word_embeddings", "embedding")
+    assert _get(setup.shardings.params, word).spec == P("tensor", "fsdp")   # 128 rows: 32 per device
+    assert {s.data.shape for s in _get(state.params, word).addressable_shards} == {(32, 32)}
+    assert float(metrics["loss"]) == pytest.approx(float(base["loss"]), rel=1e-5)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(base["grad_norm"]), rel=1e-5)
+    assert float(metrics["accuracy"]) == float(base["accuracy"])
+    assert_updated_params_close(state.params, base_state.params, setup.config.train.learning_rate)
+
+
+def _abstract_state(config, layout, rules="fsdp_tp"):
+    """state_shardings on a mesh of the layout: jax.eval_shape only, nothing allocated."""
+    config = config.copy_and_resolve_references()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = layout
+    mesh = make_mesh(config.mesh, jax.devices()[:int(np.prod(layout))])
+    model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
+    return state_shardings(model, optimizer, config, mesh, logical_axis_rules(rules))
+
+
+def xlmr_vocab_config(**model_overrides):
+    """XLM-R's 250,002 ids on a tiny body whose heads and mlp split 8 ways."""
+    config = tiny_config(num_heads=8, mlp_dim=64, vocab_size=250_002)
+    for key, value in model_overrides.items():
+        config.model[key] = value
+    return config
+
+
+@pytest.mark.parametrize("tensor", [4, 8])
+def test_xlmr_vocabulary_shards_over_tensor_4_and_8(tensor):
+    abstract, shardings = _abstract_state(xlmr_vocab_config(), (1, 1, tensor))
+    word = ("encoder", "embeddings", "word_embeddings", "embedding")
+    assert _get(abstract.params, word).shape == (250_112, 32)        # 1954 x 128
+    assert _get(shardings.params, word).spec == P("tensor", "fsdp")
+    assert shardings.params["lm_head"]["bias"].spec == P("tensor")
+
+
+def test_indivisible_padded_vocabulary_names_vocab_pad_multiple():
+    with pytest.raises(ConfigError, match=r"`model\.vocab_pad_multiple`.*250002 along 'vocab'.*4 ways"):
+        _abstract_state(xlmr_vocab_config(vocab_pad_multiple=1), (1, 1, 4))

@@ -26,6 +26,7 @@ from xlm_jax.benchmarks import peers
 from xlm_jax.config import default_config, validate
 from xlm_jax.data.masking import max_predictions
 from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.vocab_padding import vocab_padding_params
 from xlm_jax.parallel.mesh import batch_sharding, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
@@ -147,7 +148,9 @@ def main(argv):
     tokens_per_s = tokens / best["xlm_jax"]
     flops = metrics_lib.flops_per_token(config.model, config.data.seq_len, config.data.mask_prob)
     peak, source = metrics_lib.peak_flops()
-    print(f"model: {num_params / 1e6:.1f}M params, layers={FLAGS.layers} "
+    padding = vocab_padding_params(config.model)
+    print(f"model: {(num_params - padding) / 1e6:.1f}M params (+{padding:,} of vocabulary padding), "
+          f"layers={FLAGS.layers} "
           f"hidden={FLAGS.hidden} heads={FLAGS.heads} ffn={FLAGS.ffn} vocab={FLAGS.vocab} "
           f"seq={FLAGS.seq} batch={FLAGS.batch} dtype={FLAGS.dtype} remat={FLAGS.remat}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak "

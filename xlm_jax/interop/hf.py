@@ -25,6 +25,7 @@ import numpy as np
 
 from xlm_jax.config import default_config
 from xlm_jax.errors import CheckpointError, ConfigError
+from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,9 +219,12 @@ def _tensors(m, family: Family, body: str, has_head: bool) -> list[Tensor]:
 
 
 def _expected_shapes(m) -> dict[tuple, tuple]:
+    """Param shapes in transformers' layout: the vocabulary at its true size, unpadded."""
     from xlm_jax.models.heads import MaskedLM
+    unpadded = m.copy_and_resolve_references()
+    unpadded.vocab_pad_multiple = 1
     ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda x: MaskedLM(m).init(jax.random.key(0), x), ids)
+    shapes = jax.eval_shape(lambda x: MaskedLM(unpadded).init(jax.random.key(0), x), ids)
     flat = flax.traverse_util.flatten_dict(flax.core.meta.unbox(shapes["params"]))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
@@ -228,7 +232,10 @@ def _expected_shapes(m) -> dict[tuple, tuple]:
 # --- import -------------------------------------------------------------------------------
 
 def params_from_hf(weights: dict, m, family: Family, directory: str = "") -> tuple[dict, bool, list]:
-    """(xlm_jax params, whether the checkpoint had an MLM head, names of the tensors left out)."""
+    """(xlm_jax params, whether the checkpoint had an MLM head, names of the tensors left out).
+
+    The params are in the model layout of `m`: vocabulary rows zero-padded to padded_vocab_size(m).
+    """
     body = _body_prefix(weights, family, directory)
     has_head = f"{family.head_dense}.weight" in weights
     expected = _expected_shapes(m)
@@ -258,7 +265,8 @@ def params_from_hf(weights: dict, m, family: Family, directory: str = "") -> tup
     if unknown:
         raise CheckpointError(f"{directory}: tensors xlm_jax has no place for: {', '.join(unknown[:8])}"
                               + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
-    return flax.traverse_util.unflatten_dict(flat), has_head, dropped
+    params = resize_vocab_rows(flax.traverse_util.unflatten_dict(flat), padded_vocab_size(m))
+    return params, has_head, dropped
 
 
 def _check_tied_copies(weights, family: Family, flat, directory, used: set) -> None:
@@ -276,7 +284,7 @@ def _check_tied_copies(weights, family: Family, flat, directory, used: set) -> N
 @dataclasses.dataclass
 class Imported:
     model: object               # the xlm_jax `model` config section
-    params: dict
+    params: dict                # in its model layout (vocabulary rows padded to padded_vocab_size)
     has_head: bool              # False for a bare encoder (XLMRobertaModel, BertModel)
     dropped: list               # tensors left out, e.g. BERT's next-sentence head
 
@@ -317,9 +325,10 @@ def hf_config(m) -> dict:
 
 
 def hf_weights(m, params) -> dict[str, np.ndarray]:
-    """transformers tensor name -> float32 array, as `save_pretrained` stores them."""
+    """transformers tensor name -> float32 array, as `save_pretrained` stores them: exactly
+    model.vocab_size vocabulary rows (the model layout's padding is left out)."""
     family = family_of_config(m)
-    flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+    flat = flax.traverse_util.flatten_dict(resize_vocab_rows(jax.device_get(params), m.vocab_size))
     out = {}
     for t in _tensors(m, family, family.body, has_head=True):
         value = np.asarray(flat[t.ours], np.float32)

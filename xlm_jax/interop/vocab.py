@@ -20,11 +20,13 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from xlm_jax.config import default_config
 from xlm_jax.data.text import CorpusText, read_text, tokenizer_text
 from xlm_jax.data.tokenizer_report import fertility
 from xlm_jax.data.tokenizers import (SentencePieceTokenizer, load_tokenizer, save_tokenizer,
                                      tokenizer_from_hf_directory)
 from xlm_jax.errors import ConfigError, DataError
+from xlm_jax.models.vocab_padding import resize_vocab_rows, round_up
 
 WORD_START = "\u2581"     # '▁': SentencePiece's whitespace / word-start marker
 _NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
@@ -140,20 +142,23 @@ def _word_start_ids(proto: sp_pb2.ModelProto) -> set[int]:
 
 
 def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
-                  new_tokenizer: SentencePieceTokenizer) -> dict:
+                  new_tokenizer: SentencePieceTokenizer,
+                  vocab_pad_multiple: int = default_config().model.vocab_pad_multiple) -> dict:
     """`params` with the word embeddings (tied to the MLM decoder) and the MLM output bias
     grown to the new vocabulary, as host numpy arrays; every other leaf is passed through.
 
     Rows of old ids are unchanged, except that `<mask>` moves from the old last index to
     the new last one; each new row (and bias entry) is the mean of the old rows of the old
-    tokenization of its piece (see `new_row_sources`).
+    tokenization of its piece (see `new_row_sources`). Rows past the old vocabulary (a model
+    layout's padding) are ignored; the result is the model layout of the new vocabulary,
+    zero rows up to a multiple of `vocab_pad_multiple`.
     """
     old_vocab, new_vocab = old_tokenizer.vocab_size, new_tokenizer.vocab_size
     sources = new_row_sources(old_tokenizer, new_tokenizer)
 
     def grow(table: np.ndarray, name: str) -> np.ndarray:
         table = np.asarray(table)
-        if table.shape[0] != old_vocab:
+        if table.shape[0] < old_vocab:
             raise DataError(f"{name} has {table.shape[0]} rows, the old tokenizer {old_vocab} ids")
         grown = np.empty((new_vocab,) + table.shape[1:], table.dtype)
         grown[:old_vocab - 1] = table[:old_vocab - 1]
@@ -168,7 +173,7 @@ def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
             embeddings["word_embeddings"]["embedding"], "word_embeddings")}}}}
     if "lm_head" in params:
         out["lm_head"] = {**params["lm_head"], "bias": grow(params["lm_head"]["bias"], "lm_head bias")}
-    return out
+    return resize_vocab_rows(out, round_up(new_vocab, vocab_pad_multiple))
 
 
 def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, log=print,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from xlm_jax.models.dropout import Dropout
+from xlm_jax.models.vocab_padding import padded_vocab_size
 
 Dtype = Any
 
@@ -29,6 +30,14 @@ def dense_init(config):
 
 def param_with_axes(init, axes):
     return nn.with_logical_partitioning(init, axes)
+
+
+def zero_rows_from(init, first_zero_row: int):
+    """`init` with rows first_zero_row... set to 0: the vocabulary padding starts (and stays) zero."""
+    def init_with_zero_rows(key, shape, dtype=jnp.float32):
+        rows = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+        return jnp.where(rows < first_zero_row, init(key, shape, dtype), 0).astype(dtype)
+    return init_with_zero_rows
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -128,9 +137,11 @@ class Embeddings(nn.Module):
     def setup(self):
         c = self.config
         dtype = jnp.dtype(c.dtype)
+        # padded_vocab_size rows, so the vocab dim shards evenly (models/vocab_padding.py).
         self.word_embeddings = nn.Embed(
-            c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
-            embedding_init=param_with_axes(dense_init(c), ("vocab", "embed")))
+            padded_vocab_size(c), c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+            embedding_init=param_with_axes(zero_rows_from(dense_init(c), c.vocab_size),
+                                           ("vocab", "embed")))
         self.position_embeddings = nn.Embed(
             c.max_len + c.position_offset, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
             embedding_init=param_with_axes(dense_init(c), (None, "embed")))
@@ -166,7 +177,7 @@ class Embeddings(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def attend(self, hidden):
-        """Logits against the (tied) word embeddings: the MLM decoder."""
+        """Logits against the (tied) word embeddings, padded_vocab_size wide: the MLM decoder."""
         return self.word_embeddings.attend(hidden)
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from xlm_jax.models.encoder import Encoder, dense_init, gelu, layer_norm, over_tokens, param_with_axes
+from xlm_jax.models.vocab_padding import padded_vocab_size
 
 
 def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
@@ -31,8 +32,25 @@ def _add_bias_backward(_, grad):
 add_bias.defvjp(lambda x, bias: (x + bias, None), _add_bias_backward)
 
 
+def mask_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """Columns >= vocab_size (the vocabulary padding) set to the dtype's most negative value.
+
+    Softmax gives them exactly 0 and argmax / top-k never pick them, so the loss and its
+    gradients are those of the true vocabulary (the padded rows get zero gradient). An
+    elementwise where on an iota keeps the padded width, so the vocab dim stays evenly
+    sharded; slicing it off would not split evenly.
+    """
+    if logits.shape[-1] == vocab_size:
+        return logits
+    columns = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.where(columns < vocab_size, logits, jnp.finfo(logits.dtype).min)
+
+
 class MaskedLMHead(nn.Module):
-    """dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + output bias."""
+    """dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + output bias.
+
+    Logits are padded_vocab_size wide; the padding columns are masked (mask_padded_vocab).
+    """
     config: Any
 
     @nn.compact
@@ -49,8 +67,9 @@ class MaskedLMHead(nn.Module):
         h = gelu(h)
         h = layer_norm(c, "LayerNorm")(h)
         bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("vocab",)),
-                          (c.vocab_size,), jnp.float32)
+                          (padded_vocab_size(c),), jnp.float32)
         logits = add_bias(over_tokens(embeddings.attend, h), bias.astype(dtype))
+        logits = mask_padded_vocab(logits, c.vocab_size)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -23,6 +23,7 @@ from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
 from xlm_jax.interop.hf import adopt_hf_model, import_hf
 from xlm_jax.interop.vocab import adopt_vocab_extension, extend_params
 from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, vocab_padding_params
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
@@ -340,7 +341,9 @@ class Run:
         if not self.config.init_from:
             state = create_train_state(self.model, self.optimizer, self.config, self.mesh,
                                        self.rules, self.shardings)
-            log(f"initialized {count_params(state.params):,} parameters")
+            padding = vocab_padding_params(self.config.model)
+            log(f"initialized {count_params(state.params) - padding:,} parameters"
+                + (f" (and {padding:,} of vocabulary padding, always zero)" if padding else ""))
             return state
         imported = import_hf(self.config.init_from.removeprefix("hf:"))
         params = imported.params
@@ -353,6 +356,7 @@ class Run:
         log(f"initialized from {self.config.init_from}"
             + ("" if imported.has_head else " (no MLM head there: a new one is trained)")
             + (f"; left out {', '.join(imported.dropped)}" if imported.dropped else ""))
+        params = resize_vocab_rows(params, padded_vocab_size(self.config.model))   # this run's layout
         return train_state_from_params(params, self.optimizer, self.shardings)
 
     def evaluate(self, params) -> dict:

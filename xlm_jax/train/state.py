@@ -30,7 +30,7 @@ def _init_variables(model, config, rng):
 
 
 # Which config field sets the size of each logical axis, for errors a user can act on.
-AXIS_FIELDS = {"vocab": "model.vocab_size", "embed": "model.hidden_size", "mlp": "model.mlp_dim",
+AXIS_FIELDS = {"vocab": "model.vocab_pad_multiple", "embed": "model.hidden_size", "mlp": "model.mlp_dim",
                "heads": "model.num_heads", "kv": "model.hidden_size / model.num_heads",
                "layers": "model.num_layers"}
 
