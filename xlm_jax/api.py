@@ -12,6 +12,7 @@ import numpy as np
 
 from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, load_tokenizer, tokenizer_exists
 from xlm_jax.errors import CheckpointError
+from xlm_jax.interop.hf import export_hf, family_of_config
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
@@ -23,8 +24,9 @@ from xlm_jax.train.state import state_shardings
 class Model:
     """A trained MaskedLM with its tokenizer, on this process' devices."""
 
-    def __init__(self, config, params, tokenizer: Tokenizer, step: int):
+    def __init__(self, config, params, tokenizer: Tokenizer, step: int, workdir: str = ""):
         self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
+        self.workdir = workdir   # the run directory it was loaded from, if any
         self._module = MaskedLM(config.model)
         self._hidden = jax.jit(lambda p, ids: self._module.apply(
             {"params": p}, ids, output_hidden_states=True)[1])
@@ -50,6 +52,12 @@ class Model:
         hidden = np.asarray(self._hidden(self.params, ids)[layer], np.float32)
         mask = (ids != self.tokenizer.pad_id)[..., None]
         return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+
+    def export_hf(self, directory: str, log=print) -> str:
+        """Writes this model as a transformers directory (see xlm_jax.interop.hf.export_hf)."""
+        export_hf(self.config.model, self.params, self.tokenizer, directory, log=log)
+        return (f"exported step {self.step}" + (f" of {self.workdir}" if self.workdir else "")
+                + f" to {directory} ({family_of_config(self.config.model).masked_lm})")
 
     def predict_masked(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The top_k pieces and probabilities for each mask token in `text`: `<mask>`, or
@@ -85,4 +93,4 @@ def load(workdir: str, step: int | None = None) -> Model:
         state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step)
     finally:
         checkpoints.close()
-    return Model(config, state.params, tokenizer, int(state.step))
+    return Model(config, state.params, tokenizer, int(state.step), workdir)

@@ -1,4 +1,5 @@
 """Errors a user can act on: each names the file, line or config field and the fix."""
+import sys
 
 
 class XlmJaxError(Exception):
@@ -19,3 +20,9 @@ class CheckpointError(XlmJaxError):
 
 class TrainingError(XlmJaxError):
     """Training cannot go on (non-finite loss or gradients)."""
+
+
+def fail(message: str) -> None:
+    """Ends a command-line program with one line, `xlm_jax: error: ...`, and exit status 2."""
+    print(f"xlm_jax: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -8,13 +8,13 @@ tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
 """
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here; keep it quiet
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from xlm_jax import cli
 from xlm_jax.config import MODES
 from xlm_jax.errors import XlmJaxError
 
@@ -38,32 +38,27 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
-    try:
-        if _CONFIG.value is None and _MODE.value != "export_hf":   # export reads the run's config.json
-            raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
-        if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
-            from xlm_jax.data.tokenizer_report import train_tokenizer
-            train_tokenizer(_CONFIG.value, _WORKDIR.value)
-            return
-        from xlm_jax.parallel.mesh import initialize_distributed
-        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               auto=_DISTRIBUTED.value)
-        if _MODE.value == "export_hf":
-            if not _EXPORT_DIR.value:
-                raise XlmJaxError("--mode=export_hf needs --export_dir=DIR (a new directory to write)")
-            from xlm_jax.interop.hf import export_run
-            print(export_run(_WORKDIR.value, _EXPORT_DIR.value, _STEP.value))
-            return
-        if _MODE.value == "train":
-            from xlm_jax.train.loop import train_and_evaluate
-            train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-        elif _MODE.value == "evaluate":
-            from xlm_jax.train.loop import evaluate_checkpoint
-            evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
-    except XlmJaxError as error:
-        print(f"xlm_jax: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    if _CONFIG.value is None and _MODE.value != "export_hf":   # export reads the run's config.json
+        raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
+    if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
+        from xlm_jax.data.tokenizer_report import train_tokenizer
+        train_tokenizer(_CONFIG.value, _WORKDIR.value)
+        return
+    from xlm_jax.parallel.mesh import initialize_distributed
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           auto=_DISTRIBUTED.value)
+    if _MODE.value == "export_hf":
+        if not _EXPORT_DIR.value:
+            raise XlmJaxError("--mode=export_hf needs --export_dir=DIR (a new directory to write)")
+        from xlm_jax.api import load
+        print(load(_WORKDIR.value, _STEP.value).export_hf(_EXPORT_DIR.value))
+    elif _MODE.value == "train":
+        from xlm_jax.train.loop import train_and_evaluate
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "evaluate":
+        from xlm_jax.train.loop import evaluate_checkpoint
+        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

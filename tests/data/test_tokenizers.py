@@ -191,3 +191,16 @@ def test_byte_tokenizer_saves_and_loads(tmp_path, tokenizer):
     path.write_text('{"format": "other"}')
     with pytest.raises(DataError, match="not an xlm_jax byte tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_export_without_transformers_says_tokenizer_json_is_left_out(tokenizer, tmp_path, monkeypatch):
+    from xlm_jax.data import tokenizers
+    from xlm_jax.data.tokenizers import write_hf_tokenizer_files
+
+    assert tokenizer.byte_fallback
+    monkeypatch.setattr(tokenizers, "available", lambda package: package != "transformers")
+    logs = []
+    write_hf_tokenizer_files(tokenizer, tmp_path, log=logs.append)
+    assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "sentencepiece.bpe.model").exists()
+    assert len(logs) == 1 and logs[0].startswith("left out tokenizer.json: writing it needs transformers")
+    assert "pip install 'xlm_jax[hf]'" in logs[0] and "use_fast=False" in logs[0]

@@ -20,11 +20,13 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from xlm_jax import cli
 from xlm_jax.benchmarks import peers
 from xlm_jax.config import default_config, validate
 from xlm_jax.data.masking import max_predictions
+from xlm_jax.errors import XlmJaxError
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.models.vocab_padding import vocab_padding_params
 from xlm_jax.parallel.mesh import batch_sharding, make_mesh
@@ -124,7 +126,8 @@ def main(argv):
     config = benchmark_config()
     for name in FLAGS.compare:
         if name not in peers.PEERS:
-            raise app.UsageError(f"--compare: unknown peer {name!r}; known: {', '.join(peers.PEERS)}")
+            raise XlmJaxError(f"--compare: unknown peer {name!r}; known: {', '.join(peers.PEERS)}")
+        peers.check_installed(name)
     tokens = config.train.batch_size * config.data.seq_len
     ours, num_params = make_ours(config)
     systems = {"xlm_jax": ours}
@@ -176,4 +179,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

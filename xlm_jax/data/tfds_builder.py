@@ -21,13 +21,12 @@ in README.md (TFDS on Apache Beam).
 import dataclasses
 import os
 import re
-import sys
 
 import tensorflow_datasets as tfds
 
 from xlm_jax.data import sources
 from xlm_jax.data.shards import Part
-from xlm_jax.errors import DataError
+from xlm_jax.errors import DataError, fail
 
 _ENTRY = re.compile(r"(?:(?P<lang>[^=@\s]+)=)?(?P<name>[^=@\s]+)(?:@(?P<split>[^=@\s]+))?")
 VERSION = "1.0.0"
@@ -257,7 +256,7 @@ def main(argv=None) -> None:
         path = prepare_local_corpus(args.corpus_dir, args.data_dir, args.name, args.files, args.on_bad_line,
                                     args.max_line_chars)
     except DataError as e:
-        sys.exit(f"error: {e}")
+        fail(str(e))
     print(f"prepared; train with --config.data.prepared_corpus={path}")
 
 

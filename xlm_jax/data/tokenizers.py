@@ -21,6 +21,8 @@ from etils import epath
 
 from xlm_jax.data.wordpiece import WordPieceTokenizer
 from xlm_jax.errors import CheckpointError, DataError
+from xlm_jax.extras import available, install_command
+from xlm_jax.jsonfiles import read_json_object
 
 _ENCODE_CHUNK = 65_536   # sentences per sp.encode call: bounds the Python int lists in memory
 SENTENCEPIECE_FILE = "tokenizer.model"             # the serialized SentencePiece model
@@ -282,13 +284,7 @@ def _read_hf_tokenizer_config(directory: epath.Path) -> dict:
     path = directory / HF_TOKENIZER_CONFIG
     if not path.exists():
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise DataError(f"{path} must hold a JSON object, not {type(config).__name__}")
-    return config
+    return read_json_object(path, "fix it or remove it (the tokenizer's defaults are then used)", DataError)
 
 
 def tokenizer_from_hf_directory(directory) -> Tokenizer:
@@ -319,13 +315,16 @@ def tokenizer_from_hf_directory(directory) -> Tokenizer:
     return WordPieceTokenizer.from_vocab_file(vocab, **options)
 
 
-def _write_byte_fallback_tokenizer_json(directory: epath.Path) -> None:
+def _write_byte_fallback_tokenizer_json(directory: epath.Path, log) -> None:
     """tokenizer.json for XLMRobertaTokenizerFast: transformers' conversion plus byte fallback
     (ids then equal the slow tokenizer's, checked in tests/interop/test_tokenizer_parity.py)."""
-    try:
-        from transformers import XLMRobertaTokenizerFast
-    except ImportError:    # without transformers there is no converter; the slow tokenizer still matches
+    if not available("transformers"):   # the converter is transformers'; the slow tokenizer still matches
+        log(f"left out tokenizer.json: writing it needs transformers ({install_command('transformers')}). "
+            "Without it, AutoTokenizer's fast XLM-R tokenizer drops byte fallback (characters outside the "
+            "vocabulary become <unk>); load with use_fast=False for xlm_jax's ids, or export again with "
+            "transformers installed")
         return
+    from transformers import XLMRobertaTokenizerFast
     import warnings
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*byte fallback.*")
@@ -338,7 +337,8 @@ def _write_byte_fallback_tokenizer_json(directory: epath.Path) -> None:
     _atomic_write(directory / "tokenizer.json", json.dumps(state, ensure_ascii=False).encode("utf-8"))
 
 
-def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_length: int | None = None) -> None:
+def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_length: int | None = None,
+                             log=print) -> None:
     """The files `transformers.AutoTokenizer.from_pretrained(directory)` loads into this tokenizer.
 
     SentencePiece: sentencepiece.bpe.model for XLMRobertaTokenizer; WordPiece: vocab.txt for
@@ -367,7 +367,7 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_lengt
     for name, content in ((HF_TOKENIZER_CONFIG, config), ("special_tokens_map.json", specials)):
         _atomic_write(directory / name, json.dumps(content, indent=2, ensure_ascii=False).encode("utf-8"))
     if isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.byte_fallback:
-        _write_byte_fallback_tokenizer_json(directory)
+        _write_byte_fallback_tokenizer_json(directory, log)
 
 
 def _training_sentences(sentences_by_language, probs, count: int, seed: int):

@@ -25,6 +25,8 @@ import numpy as np
 
 from xlm_jax.config import default_config
 from xlm_jax.errors import CheckpointError, ConfigError
+from xlm_jax.extras import require
+from xlm_jax.jsonfiles import read_json_object
 from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows
 
 
@@ -72,8 +74,8 @@ def read_hf_config(directory: str) -> dict:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found: a transformers model directory needs config.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json_object(path, "a transformers model directory needs the config.json that "
+                            "save_pretrained writes; copy it again from the model's source", CheckpointError)
 
 
 def _weights_file(directory: str) -> str:
@@ -84,11 +86,7 @@ def _weights_file(directory: str) -> str:
 
 
 def _torch_state_dict(path: str) -> dict:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{path} needs torch to read; install torch or convert it to "
-                              "model.safetensors") from None
+    torch = require("torch", f"reading {path} (or convert it to model.safetensors)")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -340,7 +338,7 @@ def hf_weights(m, params) -> dict[str, np.ndarray]:
     return out
 
 
-def export_hf(m, params, tokenizer, directory: str) -> None:
+def export_hf(m, params, tokenizer, directory: str, log=print) -> None:
     """Writes a transformers directory: config.json, model.safetensors and tokenizer files.
 
     Everything is written to a temporary sibling first and renamed into place, so an
@@ -364,22 +362,13 @@ def export_hf(m, params, tokenizer, directory: str) -> None:
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
         save_file(weights, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
-        write_hf_tokenizer_files(tokenizer, staging, model_max_length=m.max_len)
+        write_hf_tokenizer_files(tokenizer, staging, model_max_length=m.max_len, log=log)
         if os.path.exists(directory):
             os.rmdir(directory)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def export_run(workdir: str, directory: str, step: int | None = None) -> str:
-    """`--mode=export_hf`: the run's latest (or given) checkpoint as a transformers directory."""
-    from xlm_jax.api import load
-
-    model = load(workdir, step)
-    export_hf(model.config.model, model.params, model.tokenizer, directory)
-    return f"exported step {model.step} of {workdir} to {directory} ({family_of_config(model.config.model).masked_lm})"
 
 
 # --- starting a run from a transformers directory ----------------------------------------

@@ -5,7 +5,6 @@
 <workdir>/config.json                       the run's config, for load() and resume checks
 <workdir>/tokenizer.{model,wordpiece.json,bytes.json}   the run's tokenizer, written by the data pipeline
 """
-import json
 import os
 
 import flax
@@ -13,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from xlm_jax.errors import CheckpointError
+from xlm_jax.jsonfiles import read_json_object
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
@@ -98,5 +98,6 @@ def load_config(workdir: str):
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist: is {workdir} an xlm_jax run directory?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_json_object(
+        path, "every training start writes it: run the run's training command once more (it resumes "
+        "and rewrites config.json), or restore the file from a copy", CheckpointError))
