@@ -9,6 +9,13 @@ does not publish its learning-rate schedule; we use fairseq's RoBERTa base recip
 at the same batch size (Liu et al. 2019, table 9): Adam (0.9, 0.98), eps 1e-6,
 weight decay 0.01, peak lr 6e-4 after 24k warmup steps, then linear decay, and
 InfoXLM's gradient clipping of 1.0. Parameters: ~278M (192M of them embeddings).
+
+Memory: the batch of 8192 runs as 8 accumulated microbatches of 1,024 sequences (one
+update per step, the same loss as one batch). Compiled for 8 devices with fsdp (8 fake
+CPU devices, tests/train/test_aot.py), XLA:CPU's step needs 43 GiB of temporaries per
+device (128 sequences each; 343 GiB without accumulation). Temporaries scale with the
+sequences per device: on fewer or smaller devices raise --config.train.grad_accum_steps,
+on large pods lower it (fewer, bigger matmuls per step).
 """
 from xlm_jax.config import default_config
 
@@ -33,6 +40,7 @@ def get_config():
     t = config.train
     t.num_steps = 1_500_000
     t.batch_size = 8192
+    t.grad_accum_steps = 8   # microbatches of 1,024 sequences: 128 per device on 8, 16 on 64 (see docstring)
     t.learning_rate = 6e-4
     t.warmup_steps = 24_000
     t.schedule = "polynomial"

@@ -167,6 +167,18 @@ def _example_key(key: tf.Tensor, shard, index) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, shard), index)
 
 
+def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The global shape and dtype of each array of a train batch (what train_batches yields,
+    all processes' rows together): for compiling the step ahead of time without data."""
+    d, b = config.data, config.train.batch_size
+    slots = max_predictions(d.seq_len, d.mask_prob, d.whole_word_mask)
+    return {"input_ids": ((b, d.seq_len), np.dtype(np.int32)),
+            "masked_positions": ((b, slots), np.dtype(np.int32)),
+            "masked_ids": ((b, slots), np.dtype(np.int32)),
+            "masked_weights": ((b, slots), np.dtype(np.float32)),
+            "language": ((b,), np.dtype(np.int32))}
+
+
 def _numpy_batches(dataset: tf.data.Dataset, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
     options = tf.data.Options()
     options.deterministic = True

@@ -1,6 +1,7 @@
 """The device mesh from `config.mesh`, and multi-process start-up."""
 import math
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -33,6 +34,23 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     shape = mesh_shape(mesh_config, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
+
+
+def on_mesh(fn, mesh, rules):
+    """fn, to be jitted, traced with the mesh's axes and the logical-axis rules in context.
+
+    Both are needed for the activations' `nn.with_logical_constraint`s to act: without a mesh
+    in context flax drops them silently, and XLA may then keep, e.g., the MLP activation of
+    every layer unsharded on every device (measured on XLM-R base with fsdp on a v5p-32:
+    14.1 GiB per device instead of 4.4). Inside jit the mesh is set as an abstract mesh
+    (`jax.set_mesh` may only be used outside of jit).
+    """
+
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return traced
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

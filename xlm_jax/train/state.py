@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from xlm_jax.errors import ConfigError
+from xlm_jax.parallel.mesh import on_mesh
 
 
 @flax.struct.dataclass
@@ -82,8 +83,7 @@ def create_train_state(model, optimizer, config, mesh: Mesh, rules, shardings) -
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jax.jit(init, out_shardings=shardings)(jax.random.key(config.train.seed))
+    return jax.jit(on_mesh(init, mesh, rules), out_shardings=shardings)(jax.random.key(config.train.seed))
 
 
 def count_params(params) -> int:

@@ -1,11 +1,11 @@
 """The jitted train and eval steps: pure functions of (state, batch)."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.objectives.mlm import mlm_loss_terms
+from xlm_jax.parallel.mesh import on_mesh
 from xlm_jax.train.optim import learning_rate_schedule
 from xlm_jax.train.state import TrainState
 
@@ -91,12 +91,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh
                    "nonfinite": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
-    def traced(state, batch):
-        with nn.logical_axis_rules(rules):
-            return step(state, batch)
-
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(traced, in_shardings=(state_shardings, batch_sharding),
+    return jax.jit(on_mesh(step, mesh, rules), in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
@@ -104,11 +100,10 @@ def make_eval_step(model, mesh, rules, params_shardings, batch_sharding):
     """eval(params, batch) -> loss_sum, correct, count over the batch (no dropout)."""
 
     def evaluate(params, batch):
-        with nn.logical_axis_rules(rules):
-            logits = model.apply({"params": params}, batch["input_ids"], batch["masked_positions"],
-                                 deterministic=True, **_model_kwargs(batch))
-            return mlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"])
+        logits = model.apply({"params": params}, batch["input_ids"], batch["masked_positions"],
+                             deterministic=True, **_model_kwargs(batch))
+        return mlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"])
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(evaluate, in_shardings=(params_shardings, batch_sharding),
+    return jax.jit(on_mesh(evaluate, mesh, rules), in_shardings=(params_shardings, batch_sharding),
                    out_shardings=replicated)
