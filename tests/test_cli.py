@@ -1,6 +1,6 @@
 """Mistakes a user can make on the command line end in one clear line and exit status 2, before
 any data is read or anything is written: typos in config fields, config files, workdirs,
-broken JSON, a missing optional package."""
+broken JSON, a missing optional package, evaluating a run that has no checkpoint."""
 import json
 import os
 import pathlib
@@ -57,6 +57,46 @@ def test_bad_flags_and_config_files_are_one_line(tmp_path):
     assert_one_line_error(run_cli(f"--config={broken}", f"--workdir={tmp_path}"),
                           f"--config={broken}: the config file could not be loaded (RuntimeError: no recipe here)")
     assert_one_line_error(run_cli("--config=configs/demo.py"), "--workdir")
+
+
+def _unwritable_directory(tmp_path) -> pathlib.Path:
+    """An existing directory this process cannot write: a read-only one, or (root ignores
+    permissions) sysfs, which refuses new files to everyone."""
+    candidates = [pathlib.Path("/sys/kernel")]
+    if os.getuid() != 0:
+        candidates.insert(0, tmp_path / "read_only")
+        candidates[0].mkdir()
+        candidates[0].chmod(0o500)
+    for directory in candidates:
+        try:
+            (directory / ".probe").touch()
+            (directory / ".probe").unlink()
+        except OSError:
+            return directory
+    pytest.skip("no unwritable directory on this machine")
+
+
+def test_a_workdir_that_cannot_be_created_or_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={blocker}/run"),
+                          f"--workdir={blocker}/run: cannot create it", "choose a directory you can write")
+    read_only = _unwritable_directory(tmp_path)
+    assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={read_only}"),
+                          f"--workdir={read_only}: cannot write to it")
+
+
+def test_evaluate_without_a_checkpoint_writes_nothing(tmp_path):
+    absent = tmp_path / "absent"
+    assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={absent}", "--mode=evaluate"),
+                          "no checkpoint in", "train first")
+    assert not absent.exists()
+    started = tmp_path / "started"   # a run directory whose training never saved a checkpoint
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={started}", "--mode=evaluate"),
+                          "train first")
+    assert sorted(p.name for p in started.iterdir()) == ["config.json"]
 
 
 def test_a_run_config_json_that_is_not_json(tmp_path):

@@ -76,8 +76,9 @@ class Model:
         return results
 
 
-def load(workdir: str, step: int | None = None) -> Model:
-    """The params of checkpoint `step` (default: the latest) of a run directory."""
+def load(workdir: str, step: int | None = None, log=print) -> Model:
+    """The params of checkpoint `step` of a run directory (default: the newest readable one;
+    unreadable newer ones are logged and left in place)."""
     config = load_config(workdir)
     if not tokenizer_exists(workdir):
         raise CheckpointError(f"{workdir} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): is it an xlm_jax "
@@ -88,9 +89,9 @@ def load(workdir: str, step: int | None = None) -> Model:
     rules = logical_axis_rules("dp")
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
     abstract, shardings = state_shardings(model, optimizer, config, mesh, rules)
-    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False, read_only=True)
     try:
-        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step)
+        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step, log=log)
     finally:
         checkpoints.close()
     return Model(config, state.params, tokenizer, int(state.step), workdir)

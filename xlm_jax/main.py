@@ -23,7 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, tokenizer.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do with the run.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=export_hf: the transformers directory to write.")
-_STEP = flags.DEFINE_integer("step", None, "--mode=export_hf: the checkpoint step (default: latest).")
+_STEP = flags.DEFINE_integer("step", None, "--mode=evaluate, export_hf: the checkpoint step "
+                             "(default: the newest readable one).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process' index.")
@@ -57,7 +58,7 @@ def main(argv):
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "evaluate":
         from xlm_jax.train.loop import evaluate_checkpoint
-        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,35 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tm
     assert all(step < bad_step for step in saved)
 
 
+
+def test_a_damaged_latest_checkpoint_is_skipped_by_every_reader_and_resume_is_exact(
+        corpus_dir, uninterrupted_run, uninterrupted, tmp_path):
+    import xlm_jax
+
+    workdir = tmp_path / "damaged"
+    shutil.copytree(uninterrupted_run, workdir)
+    (workdir / "checkpoints" / "8" / "state" / "_METADATA").unlink()
+    damaged = sorted(p.relative_to(workdir / "checkpoints" / "8") for p in (workdir / "checkpoints" / "8").rglob("*"))
+
+    evaluated = run(workdir, corpus_dir, "--mode=evaluate")   # read-only: falls back, moves nothing
+    assert "checkpoints/8 is unreadable (TypeError" in evaluated.stdout
+    assert "left the unreadable checkpoint(s) of step 8 in place" in evaluated.stdout
+    assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+    logs = []
+    model = xlm_jax.load(str(workdir), log=logs.append)
+    assert model.step == 6 and "checkpoints/8 is unreadable" in logs[0]
+    model.export_hf(str(tmp_path / "exported"), log=logs.append)
+    assert (tmp_path / "exported" / "model.safetensors").exists()
+    assert (workdir / "checkpoints" / "8").is_dir() and not (workdir / "damaged_checkpoints").exists()
+
+    resumed = run(workdir, corpus_dir)   # training: falls back to 6, sets 8 aside, trains 7 and 8 again
+    assert "resumed from" in resumed.stdout and "/checkpoints/6 " in resumed.stdout
+    assert f"moved the unreadable checkpoint of step 8 to {workdir / 'damaged_checkpoints' / '8'}" in resumed.stdout
+    assert sorted(p.relative_to(workdir / "damaged_checkpoints" / "8")
+                  for p in (workdir / "damaged_checkpoints" / "8").rglob("*")) == damaged
+    assert (workdir / "checkpoints" / "8" / "state" / "_METADATA").exists()   # saved again
+    assert losses(workdir) == uninterrupted
+
 def test_bad_config_value_fails_fast_naming_the_field(corpus_dir, tmp_path):
     result = subprocess.run(command(tmp_path / "bad", corpus_dir, "--config.model.dtype=bf16"),
                             cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=120)

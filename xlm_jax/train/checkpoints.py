@@ -2,17 +2,27 @@
 
 <workdir>/checkpoints/<step>/{state,data}   written atomically by orbax (a killed save
                                             leaves a temporary dir that is ignored)
+<workdir>/damaged_checkpoints/<step>        checkpoints a resume found unreadable, moved
+                                            aside (never deleted) so training can go on
 <workdir>/config.json                       the run's config, for load() and resume checks
 <workdir>/tokenizer.{model,wordpiece.json,bytes.json}   the run's tokenizer, written by the data pipeline
+
+A checkpoint can be damaged after orbax finished it (a disk filled up, a file truncated
+or emptied by a copy, a file deleted by hand). Restoring the latest one then falls back
+to the newest readable one and says which was skipped and why.
 """
 import os
+import tempfile
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from xlm_jax.errors import CheckpointError
+from xlm_jax.errors import CheckpointError, XlmJaxError
 from xlm_jax.jsonfiles import read_json_object
+
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
@@ -20,13 +30,29 @@ def _flat_shapes(tree) -> dict[str, tuple]:
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-class Checkpoints:
-    """Saves and restores (TrainState, data-iterator state) under <workdir>/checkpoints."""
+def why_unreadable(error: BaseException) -> str:
+    """One line on what went wrong: the innermost cause (orbax and tensorstore wrap the real
+    reason, such as a truncated file, in several layers), its type and first line."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:240]}" + ("..." if len(text) > 240 else "")
 
-    def __init__(self, workdir: str, keep: int, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                               enable_async_checkpointing=async_save)
+
+class Checkpoints:
+    """Saves and restores (TrainState, data-iterator state) under <workdir>/checkpoints.
+
+    `read_only` (evaluate, export, notebooks) creates, moves and deletes nothing.
+    """
+
+    def __init__(self, workdir: str, keep: int, async_save: bool = True, read_only: bool = False):
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        # Not orbax's own read_only option, which logs a warning at every load; this class
+        # simply never saves or deletes when read-only.
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                               enable_async_checkpointing=async_save, create=not read_only)
+        self._read_only = read_only
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -35,28 +61,88 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state, data_state: dict) -> None:
         """Starts an async save; arrays are copied off the devices before this returns."""
+        assert not self._read_only, "a read-only Checkpoints never saves"
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
-    def restore(self, abstract_state, step: int | None = None):
-        """Restores into `abstract_state` (ShapeDtypeStructs carrying shardings).
+    def restore(self, abstract_state, step: int | None = None, log=print):
+        """(state, data-iterator state) of checkpoint `step`, or of the newest readable one.
 
-        Raises CheckpointError if the checkpoint holds another model (a parameter
-        missing, extra, or of another shape), naming the first difference.
+        `abstract_state` holds ShapeDtypeStructs carrying shardings. Raises CheckpointError
+        if the checkpoint holds another model (a parameter missing, extra, or of another
+        shape), naming the first difference; if `step` is unreadable; or if no checkpoint
+        is. Without `step`, unreadable newer checkpoints are logged and skipped; a writable
+        manager moves them to <workdir>/damaged_checkpoints, so that training can save
+        those steps again.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            if step not in self.steps():
+                raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; steps there: "
+                                      f"{', '.join(map(str, self.steps())) or 'none'}")
+            try:
+                return self._restore_step(abstract_state, step)
+            except CheckpointError:
+                raise
+            except Exception as error:  # orbax, tensorstore and json raise many types for bad files
+                raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable "
+                                      f"({why_unreadable(error)}); ask for another step, or for none to "
+                                      "get the newest readable checkpoint") from None
+        damaged = []
+        for candidate in reversed(self.steps()):
+            try:
+                restored = self._restore_step(abstract_state, candidate)
+            except CheckpointError:
+                raise
+            except Exception as error:
+                damaged.append((candidate, why_unreadable(error)))
+                log(f"checkpoint {self.directory}/{candidate} is unreadable ({damaged[-1][1]}); "
+                    "trying the one before it")
+                continue
+            if damaged:
+                self._set_aside([s for s, _ in damaged], log)
+            return restored
+        if not damaged:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        tried = "; ".join(f"step {s}: {reason}" for s, reason in damaged)
+        raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {tried}); nothing was "
+                              "moved or deleted. Restore the files from a copy, or start over in a new "
+                              "--workdir")
+
+    def _restore_step(self, abstract_state, step: int):
         self.check_compatible(abstract_state.params, step)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored.state, restored.data
 
+    def _set_aside(self, steps: list[int], log) -> None:
+        """Moves damaged step directories out of orbax's sight (process 0; the others wait)."""
+        if self._read_only:
+            log(f"left the unreadable checkpoint(s) of step {', '.join(map(str, steps))} in place "
+                f"(this mode writes nothing); resuming training moves them to {DAMAGED_DIR}/")
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                target = epath.Path(self.workdir) / DAMAGED_DIR / str(step)
+                suffix = 1
+                while target.exists():
+                    suffix += 1
+                    target = target.with_name(f"{step}.{suffix}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (epath.Path(self.directory) / str(step)).rename(target)
+                log(f"moved the unreadable checkpoint of step {step} to {target} (not deleted)")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("damaged checkpoints set aside")
+        self._manager.reload()
+
     def check_compatible(self, abstract_params, step: int) -> None:
         stored = self._manager.item_metadata(step).state
-        stored = getattr(stored, "tree", stored)["params"]
+        stored = getattr(stored, "tree", stored)["params"]  # damaged metadata fails here: not an error of ours
         want, have = _flat_shapes(abstract_params), _flat_shapes(stored)
         hint = ("the checkpoint was written by a run with a different model config; "
                 "use a new --workdir or the config that wrote it (see config.json there)")
@@ -82,6 +168,17 @@ class Checkpoints:
 def abstract_with_shardings(abstract_state, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_state, shardings)
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates the run directory and checks that it can be written, before any data is read."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-").close()
+    except OSError as error:
+        raise XlmJaxError(f"--workdir={workdir}: cannot {'write to' if os.path.isdir(workdir) else 'create'} "
+                          f"it ({error.strerror or error}); choose a directory you can write, or fix its "
+                          "permissions") from None
 
 
 def save_config(workdir: str, config) -> None:

@@ -19,6 +19,7 @@ from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
 from xlm_jax.data.shards import num_shards
 from xlm_jax.data.text import Processes, read_text
+from xlm_jax.data.tokenizers import TOKENIZER_FILES, tokenizer_exists
 from xlm_jax.errors import CheckpointError, ConfigError, TrainingError
 from xlm_jax.interop.hf import adopt_hf_model, import_hf
 from xlm_jax.interop.vocab import adopt_vocab_extension, extend_params
@@ -27,7 +28,7 @@ from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, v
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
-from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, save_config
+from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, make_workdir, save_config
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import (count_params, create_train_state, state_shardings,
                                  train_state_from_params)
@@ -290,19 +291,30 @@ def resume_note(data_state: dict, config, process_count: int, directory: str) ->
 
 
 class Run:
-    """Everything a run needs before its first step: mesh, data, model, sharded state."""
+    """Everything a run needs before its first step: mesh, data, model, sharded state.
 
-    def __init__(self, config, workdir: str):
+    `read_only` (evaluation) writes nothing to the workdir: it needs a checkpoint and the
+    tokenizer that trained it, and moves no damaged checkpoint aside.
+    """
+
+    def __init__(self, config, workdir: str, read_only: bool = False):
         config_lib.validate(config)
-        os.makedirs(workdir, exist_ok=True)
         self.config, self.workdir = config, workdir
+        if not read_only:
+            make_workdir(workdir)
+        self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save,
+                                       read_only=read_only)
+        if read_only and self.checkpoints.latest_step() is None:
+            raise CheckpointError(f"no checkpoint in {self.checkpoints.directory}: train first")
+        if read_only and not tokenizer_exists(workdir):
+            raise CheckpointError(f"{workdir} has checkpoints but no tokenizer ({' / '.join(TOKENIZER_FILES)}): "
+                                  "restore the one that trained them")
         self.mesh = make_mesh(config.mesh)
         self.rules = logical_axis_rules(config.mesh.rules)
         check_batch_layout(config, self.mesh, self.rules)
         log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
             f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
             f"rules {config.mesh.rules!r}")
-        self.checkpoints = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
         self.vocab_extension = None  # (imported tokenizer, extended tokenizer) with data.extend_vocab_pieces
         source = config.init_from.removeprefix("hf:")
         if source:   # before the corpus is read: a bad directory fails at once
@@ -327,10 +339,11 @@ class Run:
                                         self.rows_sharding)
         self.eval_sets = eval_sets(self.data, config)
 
-    def restore_or_init(self):
+    def restore_or_init(self, step: int | None = None):
+        """Checkpoint `step`, or the newest readable one (see Checkpoints.restore), or a new state."""
         if self.checkpoints.latest_step() is not None:
             state, data_state = self.checkpoints.restore(
-                abstract_with_shardings(self.abstract_state, self.shardings))
+                abstract_with_shardings(self.abstract_state, self.shardings), step, log=log)
             log(f"resumed from {self.checkpoints.directory}/{int(state.step)} (data iterator at "
                 f"step {data_state['next_step']}, written by {data_state['process_count']} "
                 f"process(es))")
@@ -413,12 +426,11 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
     return metrics_log.history
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-    """Held-out masked-LM loss/accuracy per language of the latest checkpoint in <workdir>."""
-    run = Run(config, workdir)
-    if run.checkpoints.latest_step() is None:
-        raise CheckpointError(f"no checkpoint in {run.checkpoints.directory}: train first")
-    state = run.restore_or_init()
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+    """Held-out masked-LM loss/accuracy per language of checkpoint `step` (default: the newest
+    readable one) in <workdir>."""
+    run = Run(config, workdir, read_only=True)
+    state = run.restore_or_init(step)
     results = run.evaluate(state.params)
     metrics_log = MetricsLog(workdir, config, config.train.num_steps)
     metrics_log.log_eval(int(state.step), results)
