@@ -97,7 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
     t.eps = 1e-6
     t.weight_decay = 0.01
     t.clip_norm = 1.0            # 0 = no clipping
-    t.skip_nonfinite = False
+    t.skip_nonfinite = False      # True: skip a non-finite update and go on, instead of stopping
+    t.max_consecutive_skips = 10  # with skip_nonfinite: stop once this many updates in a row were skipped
     t.seed = 0
     t.log_every = 50
     t.eval_every = 500
@@ -165,7 +166,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
                   "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
                   "train.num_steps", "train.batch_size", "train.grad_accum_steps",
-                  "train.log_every", "train.eval_every", "checkpoint.every_steps", "checkpoint.keep",
+                  "train.log_every", "train.eval_every", "train.max_consecutive_skips",
+                  "checkpoint.every_steps", "checkpoint.keep",
                   "data.tokenizer_sentences", "data.min_languages", "data.eval_batches"):
         _positive(config, field)
     for field in ("train.learning_rate", "train.warmup_steps", "train.weight_decay", "train.clip_norm",

@@ -184,6 +184,44 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tm
 
 
 
+def _metrics_row(nonfinite: bool) -> dict:
+    return {"loss": float("nan") if nonfinite else 1.0, "accuracy": 0.0, "grad_norm": 1.0,
+            "learning_rate": 1e-3, "masked_tokens": 4.0, "nonfinite": int(nonfinite)}
+
+
+def test_skipped_updates_count_in_a_row_and_stop_the_run_at_the_limit(tmp_path):
+    from xlm_jax.config import default_config
+    from xlm_jax.errors import TrainingError
+    from xlm_jax.train.loop import MetricsLog
+
+    config = default_config()
+    config.train.skip_nonfinite, config.train.max_consecutive_skips = True, 3
+    metrics_log = MetricsLog(str(tmp_path), config, 20)
+    for step, nonfinite in enumerate([False, True, True, False, True], start=1):
+        metrics_log.add(step, _metrics_row(nonfinite))
+    assert len(metrics_log.flush()) == 5 and metrics_log.skip_streak == 1   # a good step ends a streak
+    metrics_log.add(6, _metrics_row(True))
+    assert len(metrics_log.flush()) == 1 and metrics_log.skip_streak == 2
+    metrics_log.add(7, _metrics_row(True))
+    with pytest.raises(TrainingError, match=r"3 updates in a row were non-finite and skipped \(steps 5-7; "
+                                            r"train.max_consecutive_skips=3\)"):
+        metrics_log.flush()
+    metrics_log.close()
+
+
+def test_skipping_never_checkpoints_an_open_streak_and_stops_at_the_limit(corpus_dir, tmp_path):
+    workdir = tmp_path / "skips"
+    result = subprocess.run(
+        command(workdir, corpus_dir, "--config.train.learning_rate=1e30", "--config.train.clip_norm=0.0",
+                "--config.train.skip_nonfinite=True", "--config.train.max_consecutive_skips=3"),
+        cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "updates in a row were non-finite and skipped" in result.stderr
+    assert "no checkpoint at step 3: its last" in result.stdout   # step 1's huge update ruined the params
+    saved = [p.name for p in (workdir / "checkpoints").iterdir()] if (workdir / "checkpoints").exists() else []
+    assert saved == []
+
+
 def test_a_damaged_latest_checkpoint_is_skipped_by_every_reader_and_resume_is_exact(
         corpus_dir, uninterrupted_run, uninterrupted, tmp_path):
     import xlm_jax

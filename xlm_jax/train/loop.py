@@ -117,6 +117,8 @@ class MetricsLog:
                                                           config.data.mask_prob)
         self.peak_flops, self.peak_source = metrics_lib.peak_flops()
         self.skip_nonfinite = config.train.skip_nonfinite
+        self.max_skips = config.train.max_consecutive_skips
+        self.skip_streak = 0   # updates skipped in a row, up to the last fetched step
         is_main = jax.process_index() == 0
         self.writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), is_main)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
@@ -170,7 +172,8 @@ class MetricsLog:
         self.excluded_seconds += time.perf_counter() - start
 
     def flush(self) -> list[dict]:
-        """Fetches pending metrics; raises TrainingError at the first non-finite step."""
+        """Fetches pending metrics; raises TrainingError at the first non-finite step, or with
+        train.skip_nonfinite once train.max_consecutive_skips updates in a row were skipped."""
         fetched = jax.device_get(self.pending)
         self.pending = []
         rows = []
@@ -182,6 +185,14 @@ class MetricsLog:
                     f"grad_norm={row['grad_norm']}); the update was not applied and no checkpoint "
                     f"was written after it. Lower train.learning_rate, check the data, or set "
                     f"--config.train.skip_nonfinite=True to skip such updates")
+            self.skip_streak = self.skip_streak + 1 if row["nonfinite"] else 0
+            if self.skip_streak >= self.max_skips:
+                raise TrainingError(
+                    f"{self.skip_streak} updates in a row were non-finite and skipped (steps "
+                    f"{step - self.skip_streak + 1}-{step}; train.max_consecutive_skips={self.max_skips}): "
+                    "the parameters are likely ruined, so no checkpoint was written since the last "
+                    "good update. Resume from the last checkpoint with a lower train.learning_rate "
+                    "or check the data")
             rows.append(row)
         return rows
 
@@ -412,12 +423,17 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
             preempted = preemption.agreed()
             if step % config.checkpoint.every_steps == 0 or last or preempted:
                 metrics_log.log_window(step)  # never checkpoint past an unreported non-finite step
-                with metrics_log.untimed():
-                    checkpoints.save(step, state, {"next_step": step, "global_batch": t.batch_size,
-                                                   "process_count": jax.process_count(),
-                                                   "shards": run.data.num_shards})
+                if metrics_log.skip_streak:   # nor params whose last updates were all skipped
+                    log(f"no checkpoint at step {step}: its last {metrics_log.skip_streak} update(s) were "
+                        "skipped as non-finite; the next checkpoint waits for a good update")
+                else:
+                    with metrics_log.untimed():
+                        checkpoints.save(step, state, {"next_step": step, "global_batch": t.batch_size,
+                                                       "process_count": jax.process_count(),
+                                                       "shards": run.data.num_shards})
             if preempted:
-                log(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting to be resumed")
+                log(f"SIGTERM: {'saved' if not metrics_log.skip_streak else 'did not save'} step {step} "
+                    f"in {checkpoints.directory}; exiting to be resumed")
                 break
     finally:
         preemption.restore()
