@@ -13,7 +13,7 @@ InfoXLM's gradient clipping of 1.0. Parameters: ~278M (192M of them embeddings).
 Memory: the batch of 8192 runs as 8 accumulated microbatches of 1,024 sequences (one
 update per step, the same loss as one batch). Compiled for 8 devices with fsdp (8 fake
 CPU devices, tests/train/test_aot.py), XLA:CPU's step needs 43 GiB of temporaries per
-device (128 sequences each; 343 GiB without accumulation). Temporaries scale with the
+device (128 sequences each; 342 GiB without accumulation). Temporaries scale with the
 sequences per device: on fewer or smaller devices raise --config.train.grad_accum_steps,
 on large pods lower it (fewer, bigger matmuls per step).
 """
