@@ -107,16 +107,22 @@ def test_reader_parts_of_a_file_read_every_line_once(tmp_path):
     assert whole[0] == "first line" and whole[-1] == "last line without newline" and "" not in whole
 
 
-def test_bad_lines_in_a_range_are_named_by_their_byte_offset(tmp_path):
+def _bad_line_in_a_later_range(tmp_path, name: str, lines: list[bytes], bad: int, count: int):
+    """(path, data, offset of line `bad`, the Part of `count` whose byte range holds it, not the first)."""
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / name
+    path.write_bytes(data)
+    at = len(b"\n".join(lines[:bad])) + 1
+    part = next(Part(s, count) for s in range(count) if Part(s, count).byte_range(len(data))[0] <= at
+                < Part(s, count).byte_range(len(data))[1])
+    assert part.index > 0
+    return path, data, at, part
+
+
+def test_bad_lines_in_a_range_are_named_by_line_and_byte(tmp_path):
     lines = [b"good %d" % i for i in range(40)]
     lines[30] = b"bad \xff byte"
-    data = b"\n".join(lines) + b"\n"
-    path = tmp_path / "en.txt"
-    path.write_bytes(data)
-    at = data.index(b"bad ")
-    part = next(Part(s, 4) for s in range(4) if Part(s, 4).byte_range(len(data))[0] <= at
-                < Part(s, 4).byte_range(len(data))[1])
-    assert part.index > 0
+    path, data, at, part = _bad_line_in_a_later_range(tmp_path, "en.txt", lines, 30, 4)
     with pytest.raises(DataError, match=rf"en\.txt, line 31 at byte {at}: byte offset {at + 4} \(0xff\) is not "
                                         r"valid UTF-8"):
         Reader("error").read_txt(str(path), part)
@@ -130,19 +136,14 @@ def test_bad_lines_in_a_range_are_named_by_their_byte_offset(tmp_path):
         Reader("error").read_txt(str(path), Part(0, 1))
 
 
-
 def test_a_bad_tsv_line_in_a_later_range_is_named_by_line_and_byte(tmp_path):
     lines = [b"good %d\tgut %d" % (i, i) for i in range(50)]
     lines[37] = b"one column only"
-    data = b"\n".join(lines) + b"\n"
-    path = tmp_path / "en-de.tsv"
-    path.write_bytes(data)
-    at = data.index(b"one column")
-    part = next(Part(s, 5) for s in range(5) if Part(s, 5).byte_range(len(data))[0] <= at
-                < Part(s, 5).byte_range(len(data))[1])
-    assert part.index > 0
+    path, data, at, part = _bad_line_in_a_later_range(tmp_path, "en-de.tsv", lines, 37, 5)
+    assert data[at:].startswith(b"one column")
     with pytest.raises(DataError, match=rf"en-de\.tsv, line 38 at byte {at}: found 1 tab-separated column"):
         Reader("error").read_tsv(str(path), "en", "de", part)
+
 
 def _gz(path, lines):
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))

@@ -18,6 +18,7 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from xlm_jax.errors import CheckpointError, XlmJaxError
 from xlm_jax.jsonfiles import read_json_object
@@ -84,34 +85,36 @@ class Checkpoints:
             if step not in self.steps():
                 raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; steps there: "
                                       f"{', '.join(map(str, self.steps())) or 'none'}")
-            try:
-                return self._restore_step(abstract_state, step)
-            except CheckpointError:
-                raise
-            except Exception as error:  # orbax, tensorstore and json raise many types for bad files
-                raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable "
-                                      f"({why_unreadable(error)}); ask for another step, or for none to "
-                                      "get the newest readable checkpoint") from None
+            restored, why = self._attempt(abstract_state, step)
+            if why:
+                raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable ({why}); ask for "
+                                      "another step, or for none to get the newest readable checkpoint")
+            return restored
         damaged = []
         for candidate in reversed(self.steps()):
-            try:
-                restored = self._restore_step(abstract_state, candidate)
-            except CheckpointError:
-                raise
-            except Exception as error:
-                damaged.append((candidate, why_unreadable(error)))
-                log(f"checkpoint {self.directory}/{candidate} is unreadable ({damaged[-1][1]}); "
-                    "trying the one before it")
-                continue
-            if damaged:
-                self._set_aside([s for s, _ in damaged], log)
-            return restored
+            restored, why = self._attempt(abstract_state, candidate)
+            if why is None:
+                if damaged:
+                    self._set_aside([s for s, _ in damaged], log)
+                return restored
+            damaged.append((candidate, why))
+            log(f"checkpoint {self.directory}/{candidate} is unreadable ({why}); trying the one before it")
         if not damaged:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        tried = "; ".join(f"step {s}: {reason}" for s, reason in damaged)
+        tried = "; ".join(f"step {s}: {why}" for s, why in damaged)
         raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {tried}); nothing was "
                               "moved or deleted. Restore the files from a copy, or start over in a new "
                               "--workdir")
+
+    def _attempt(self, abstract_state, step: int):
+        """(restored, None), or (None, why) if checkpoint `step` is unreadable. A CheckpointError
+        (another model's checkpoint) is raised: that is not damage."""
+        try:
+            return self._restore_step(abstract_state, step), None
+        except CheckpointError:
+            raise
+        except Exception as error:  # orbax, tensorstore and json raise many types for bad files
+            return None, why_unreadable(error)
 
     def _restore_step(self, abstract_state, step: int):
         self.check_compatible(abstract_state.params, step)
@@ -136,7 +139,6 @@ class Checkpoints:
                 (epath.Path(self.directory) / str(step)).rename(target)
                 log(f"moved the unreadable checkpoint of step {step} to {target} (not deleted)")
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("damaged checkpoints set aside")
         self._manager.reload()
 
