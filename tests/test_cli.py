@@ -79,8 +79,9 @@ def _unwritable_directory(tmp_path) -> pathlib.Path:
 def test_a_workdir_that_cannot_be_created_or_written(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={blocker}/run"),
-                          f"--workdir={blocker}/run: cannot create it", "choose a directory you can write")
+    for mode in ("train", "train_tokenizer"):
+        assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={blocker}/run", f"--mode={mode}"),
+                              f"--workdir={blocker}/run: cannot create it", "choose a directory you can write")
     read_only = _unwritable_directory(tmp_path)
     assert_one_line_error(run_cli("--config=configs/demo.py", f"--workdir={read_only}"),
                           f"--workdir={read_only}: cannot write to it")

@@ -22,6 +22,7 @@ from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import _tokenizer
 from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_kind
+from xlm_jax.workdir import make_workdir
 
 REPORT_FILE = "tokenizer_report.json"
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
@@ -72,6 +73,7 @@ def tokenizer_report(tokenizer: Tokenizer, text_by_language: dict[str, tuple[str
 def train_tokenizer(config, workdir: str, log: Callable[[str], None] = print) -> dict:
     """The mode: validates the config, trains or loads the workdir's tokenizer, prints and writes the report."""
     config_lib.validate(config)
+    make_workdir(workdir)
     corpus = read_text(config, log=log)    # all shards, in this one process
     text = {}
     for lang in corpus.languages:

@@ -12,7 +12,6 @@ or emptied by a copy, a file deleted by hand). Restoring the latest one then fal
 to the newest readable one and says which was skipped and why.
 """
 import os
-import tempfile
 
 import flax
 import jax
@@ -20,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from xlm_jax.errors import CheckpointError, XlmJaxError
+from xlm_jax.errors import CheckpointError
 from xlm_jax.jsonfiles import read_json_object
 
 DAMAGED_DIR = "damaged_checkpoints"
@@ -170,17 +169,6 @@ class Checkpoints:
 def abstract_with_shardings(abstract_state, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_state, shardings)
-
-
-def make_workdir(workdir: str) -> None:
-    """Creates the run directory and checks that it can be written, before any data is read."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-").close()
-    except OSError as error:
-        raise XlmJaxError(f"--workdir={workdir}: cannot {'write to' if os.path.isdir(workdir) else 'create'} "
-                          f"it ({error.strerror or error}); choose a directory you can write, or fix its "
-                          "permissions") from None
 
 
 def save_config(workdir: str, config) -> None:

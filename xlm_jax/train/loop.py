@@ -28,11 +28,12 @@ from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, v
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
-from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, make_workdir, save_config
+from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, save_config
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import (count_params, create_train_state, state_shardings,
                                  train_state_from_params)
 from xlm_jax.train.step import make_eval_step, make_train_step
+from xlm_jax.workdir import make_workdir
 
 
 def log(message: str) -> None:
