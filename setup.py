@@ -25,6 +25,7 @@ setup(
         "etils[epath]>=1.7",
         "safetensors>=0.4",
         "numpy>=1.26",
+        "matplotlib>=3.8",       # evaluation reports: PNG plots
     ],
     extras_require={
         # tensorboard only to check, in tests, that it reads our event files: training writes

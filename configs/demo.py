@@ -30,7 +30,7 @@ def get_config():
     t.learning_rate = 1e-3
     t.warmup_steps = 30
     t.log_every = 25
-    t.eval_every = 150
+    config.evals.mlm.every_steps = 150
 
     config.checkpoint.every_steps = 150
     config.mesh.rules = "dp"

@@ -49,7 +49,7 @@ def get_config():
     t.weight_decay = 0.01
     t.clip_norm = 1.0
     t.log_every = 100
-    t.eval_every = 10_000
+    config.evals.mlm.every_steps = 10_000
 
     config.checkpoint.every_steps = 5000
     config.checkpoint.keep = 3

@@ -59,7 +59,7 @@ def test_enumerated_fields_list_allowed_values(field, value, allowed):
 @pytest.mark.parametrize("field", [
     "model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim", "model.vocab_size",
     "model.max_len", "model.type_vocab_size", "data.seq_len", "train.num_steps", "train.batch_size",
-    "train.grad_accum_steps", "train.log_every", "train.eval_every", "checkpoint.every_steps",
+    "train.grad_accum_steps", "train.log_every", "checkpoint.every_steps",
     "checkpoint.keep", "data.tokenizer_sentences", "data.min_languages", "data.eval_batches",
     "model.vocab_pad_multiple", "train.max_consecutive_skips",
 ])

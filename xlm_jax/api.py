@@ -1,57 +1,88 @@
-"""The notebook surface: load a run directory, encode sentences, fill in masks.
+"""The notebook surface: load a run directory or a transformers model, encode, evaluate.
 
     import xlm_jax
-    model = xlm_jax.load("runs/demo")
-    vectors = model.encode(["Hallo Welt", "Hello world"])        # [2, hidden], mean-pooled
+    model = xlm_jax.load("runs/demo")                 # or xlm_jax.load("hf:/models/xlm-roberta-base")
+    vectors = model.encode(["Hallo Welt", "Hello world"])        # [2, hidden], mean-pooled last layer
+    model.evaluate("retrieval", data="../shared/data/tatoeba", languages="deu,fra")   # a plain dict
+    model.finetune("xnli", data="../shared/data/xnli", max_train_examples=2000)       # likewise
     model.predict_masked("The capital of France is <mask>.")    # [(piece, prob), ...] per <mask>
 """
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, load_tokenizer, tokenizer_exists
-from xlm_jax.errors import CheckpointError
+from xlm_jax.config import default_config
+from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, tokenizer_exists
+from xlm_jax.errors import CheckpointError, ConfigError
+from xlm_jax.evaluation.encoding import SentenceEncoder
+from xlm_jax.evaluation.evaluator import EVALUATORS, Subject
+from xlm_jax.evaluation.registry import build_evaluators
+from xlm_jax.evaluation.runner import EvaluationRunner
+from xlm_jax.evaluation.subjects import checkpoint_subject, imported_subject
 from xlm_jax.interop.hf import export_hf, family_of_config
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
-from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings, load_config
-from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import state_shardings
+from xlm_jax.train.checkpoints import load_config
+
+FINETUNING_KINDS = ("xnli", "pos", "ner")
 
 
 class Model:
-    """A trained MaskedLM with its tokenizer, on this process' devices."""
+    """A MaskedLM's params with its tokenizer, on this process' devices (replicated, `dp`)."""
 
-    def __init__(self, config, params, tokenizer: Tokenizer, step: int, workdir: str = ""):
+    def __init__(self, config, params, tokenizer: Tokenizer, step: int, workdir: str = "", mesh=None,
+                 rules=None):
         self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
-        self.workdir = workdir   # the run directory it was loaded from, if any
+        self.workdir = workdir   # the run directory (or hf:DIR) it was loaded from, if any
+        self.mesh = mesh if mesh is not None else make_mesh(_replicated_mesh_config())
+        self.rules = rules if rules is not None else logical_axis_rules("dp")
         self._module = MaskedLM(config.model)
-        self._hidden = jax.jit(lambda p, ids: self._module.apply(
-            {"params": p}, ids, output_hidden_states=True)[1])
+        self._encoder = SentenceEncoder(config.model, tokenizer, self.mesh, self.rules)
         self._logits = jax.jit(lambda p, ids: self._module.apply({"params": p}, ids))
 
-    def _batch(self, token_lists: list[np.ndarray]) -> np.ndarray:
-        """<s> tokens </s>, truncated to the model's length, padded to the longest."""
-        limit = self.config.model.max_len - 2
-        t = self.tokenizer
-        rows = [np.concatenate([[t.bos_id], ids[:limit], [t.eos_id]]) for ids in token_lists]
-        batch = np.full((len(rows), max(map(len, rows))), t.pad_id, np.int32)
-        for i, row in enumerate(rows):
-            batch[i, :len(row)] = row
-        return batch
+    @property
+    def subject(self) -> Subject:
+        return Subject(self.config.model, self.params, self.tokenizer, self.mesh, self.rules,
+                       step=self.step, seed=self.config.train.seed)
 
-    def encode(self, texts: list[str], layer: int = -1) -> np.ndarray:
-        """Mean over the tokens (specials included, padding excluded) of one layer's states.
+    def encode(self, texts: list[str], layer=-1, pooling: str = "mean") -> np.ndarray:
+        """Mean over the tokens (specials included, padding excluded) of one layer's states:
+        [len(texts), hidden]; a tuple of layers gives [len(layers), len(texts), hidden].
 
-        layer: index into [embeddings, layer 1, ..., layer L]; -1 is the last layer.
-        Middle layers (e.g. 7 of 12) transfer best for retrieval (XTREME's Tatoeba).
+        layer: index into [embeddings, layer 1, ..., layer L]; -1 is the last layer, None the
+        middle one (XTREME's retrieval layer: 7 of 12). pooling="first" takes <s> / [CLS].
         """
-        ids = self._batch(self.tokenizer.encode(list(texts)))
-        hidden = np.asarray(self._hidden(self.params, ids)[layer], np.float32)
-        mask = (ids != self.tokenizer.pad_id)[..., None]
-        return (hidden * mask).sum(axis=1) / mask.sum(axis=1)
+        vectors = self._encoder(self.params, list(texts), layer, pooling)
+        return vectors[0] if isinstance(layer, int) or layer is None else vectors
+
+    def evaluate(self, name: str, workdir: str | None = None, log=print, **options) -> dict:
+        """Runs one evaluator: `name` from config.evals (options override its own), or an
+        evaluator kind with `options`. Returns its record (per_language, summary, majority,
+        random_init, ...) as plain dicts; with `workdir`, also writes <workdir>/eval/<step>/."""
+        evals = self.config.evals
+        if name in evals:
+            entry = {**evals[name].to_dict(), **options}
+        elif name in EVALUATORS:
+            entry = {"kind": name, **options}
+        else:
+            raise ConfigError(f"no evaluator {name!r}: configured ones are {', '.join(evals) or '(none)'}; "
+                              f"kinds: {', '.join(sorted(EVALUATORS))}")
+        evaluator, = build_evaluators(ml_collections.ConfigDict({name: entry}))
+        return EvaluationRunner([evaluator], workdir, log).run(self.subject)[name]
+
+    def finetune(self, task: str, workdir: str | None = None, log=print, **options) -> dict:
+        """Zero-shot transfer: fine-tunes on the source language of `task` (xnli, pos, ner, or a
+        configured evaluator of one of those kinds) and tests on every target language; with
+        `workdir`, the fine-tune checkpoints there and resumes if interrupted."""
+        configured = self.config.evals.get(task)
+        kind = (configured.get("kind") or task) if configured else task
+        if kind not in FINETUNING_KINDS:
+            raise ConfigError(f"finetune({task!r}): a fine-tuning task is one of {', '.join(FINETUNING_KINDS)} "
+                              "(or a config.evals entry of one of those kinds); use evaluate() for the others")
+        return self.evaluate(task, workdir, log, **options)
 
     def export_hf(self, directory: str, log=print) -> str:
         """Writes this model as a transformers directory (see xlm_jax.interop.hf.export_hf)."""
@@ -63,7 +94,7 @@ class Model:
         """The top_k pieces and probabilities for each mask token in `text`: `<mask>`, or
         `[MASK]` for a WordPiece model (the tokenizer turns it into the mask id)."""
         t = self.tokenizer
-        ids = self._batch([np.asarray(t.encode([text])[0], np.int32)])
+        ids = np.asarray([[t.bos_id, *t.encode([text])[0][:self.config.model.max_len - 2], t.eos_id]], np.int32)
         positions = np.flatnonzero(ids[0] == t.mask_id)
         if not positions.size:
             raise ValueError(f"text has no {t.id_to_piece(t.mask_id)}: {text!r}")
@@ -76,22 +107,27 @@ class Model:
         return results
 
 
-def load(workdir: str, step: int | None = None, log=print) -> Model:
-    """The params of checkpoint `step` of a run directory (default: the newest readable one;
-    unreadable newer ones are logged and left in place)."""
-    config = load_config(workdir)
-    if not tokenizer_exists(workdir):
-        raise CheckpointError(f"{workdir} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): is it an xlm_jax "
-                              "run directory?")
-    tokenizer = load_tokenizer(workdir)
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    mesh = make_mesh(config.mesh)
-    rules = logical_axis_rules("dp")
-    model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    abstract, shardings = state_shardings(model, optimizer, config, mesh, rules)
-    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False, read_only=True)
-    try:
-        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step, log=log)
-    finally:
-        checkpoints.close()
-    return Model(config, state.params, tokenizer, int(state.step), workdir)
+def _replicated_mesh_config():
+    mesh = default_config().mesh
+    mesh.data, mesh.fsdp, mesh.tensor = -1, 1, 1
+    return mesh
+
+
+def load(source: str, step: int | None = None, log=print) -> Model:
+    """A run directory's checkpoint `step` (default: the newest readable one; unreadable newer
+    ones are logged and left in place), or "hf:DIR", a transformers XLM-R / BERT directory
+    (at step 0; an encoder-only one gets a random MLM head, so predict_masked means nothing)."""
+    mesh, rules = make_mesh(_replicated_mesh_config()), logical_axis_rules("dp")
+    if source.startswith("hf:"):
+        config = default_config()
+        subject = imported_subject(source.removeprefix("hf:"), mesh, rules, config.train.seed, log)
+        config.model = subject.model_config
+    else:
+        config = load_config(source)
+        if not tokenizer_exists(source):
+            raise CheckpointError(f"{source} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): is it an "
+                                  "xlm_jax run directory?")
+        config.mesh = _replicated_mesh_config()
+        config.mesh.rules = "dp"
+        subject = checkpoint_subject(config, source, mesh, rules, step, log)
+    return Model(config, subject.params, subject.tokenizer, subject.step, source, mesh, rules)

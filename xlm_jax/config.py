@@ -101,7 +101,12 @@ def default_config() -> ml_collections.ConfigDict:
     t.max_consecutive_skips = 10  # with skip_nonfinite: stop once this many updates in a row were skipped
     t.seed = 0
     t.log_every = 50
-    t.eval_every = 500
+
+    # Evaluators by name (xlm_jax/evaluation): kind, every_steps (0 = only in --mode=evaluate and
+    # the notebook), random_init_baseline, and the kind's own options. Held-out MLM loss on the
+    # pretraining corpus runs during training; recipes add retrieval, XNLI, POS, ...
+    c.evals = ml_collections.ConfigDict()
+    c.evals.mlm = {"kind": "mlm", "every_steps": 500, "random_init_baseline": True}
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 500
@@ -114,6 +119,19 @@ def default_config() -> ml_collections.ConfigDict:
     ms.tensor = 1
     ms.rules = "fsdp"
     return c
+
+
+def with_defaults(loaded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A run's saved config with the fields it predates filled in from default_config()
+    (e.g. `evals`, for a run written before evaluators existed)."""
+    complete = default_config()
+    for name, value in loaded.items():
+        if isinstance(value, ml_collections.ConfigDict) and name in complete and name != "evals":
+            for field, field_value in value.items():
+                complete[name][field] = field_value
+        else:
+            complete[name] = value
+    return complete
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -139,7 +157,8 @@ def _positive(config, field: str, allow_zero: bool = False) -> None:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises ConfigError naming the first bad one."""
     expected = default_config()
-    sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)]
+    sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)
+                and name != "evals"]   # evals holds any names; the registry checks each entry
     _require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
     _require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
              f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R or BERT directory) or \"\"")
@@ -166,7 +185,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
                   "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
                   "train.num_steps", "train.batch_size", "train.grad_accum_steps",
-                  "train.log_every", "train.eval_every", "train.max_consecutive_skips",
+                  "train.log_every", "train.max_consecutive_skips",
                   "checkpoint.every_steps", "checkpoint.keep",
                   "data.tokenizer_sentences", "data.min_languages", "data.eval_batches"):
         _positive(config, field)
@@ -224,4 +243,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"got {size!r}; must be a positive int or -1 (all remaining devices)")
     _require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh",
              "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    _require(isinstance(config.get("evals"), ml_collections.ConfigDict), "evals",
+             "section is missing (start from xlm_jax.config.default_config())")
+    from xlm_jax.evaluation.registry import build_evaluators   # evaluators bring jax and flax
+    build_evaluators(config.evals)
     return config

@@ -1,6 +1,8 @@
 """Command line: `python -m xlm_jax.main --config=configs/demo.py --workdir=DIR [--mode=...]`.
 
-Modes: train, evaluate, export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
+Modes: train, evaluate (the evaluators of `config.evals`, or only `--evals=a,b`, on the
+run's latest checkpoint, or on `--config.init_from=hf:DIR`; without --config the run's own
+config.json is used), export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
 checkpoint as a transformers directory; needs no --config), and train_tokenizer (the run's
 tokenizer, `data.tokenizer` = unigram | bpe | bytes, with a per-language fertility report).
 Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
@@ -25,6 +27,7 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do with the run.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=export_hf: the transformers directory to write.")
 _STEP = flags.DEFINE_integer("step", None, "--mode=evaluate, export_hf: the checkpoint step "
                              "(default: the newest readable one).")
+_EVALS = flags.DEFINE_list("evals", [], "--mode=evaluate: the config.evals entries to run (default: all).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process' index.")
@@ -39,7 +42,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
-    if _CONFIG.value is None and _MODE.value != "export_hf":   # export reads the run's config.json
+    if _CONFIG.value is None and _MODE.value not in ("export_hf", "evaluate"):   # those read config.json
         raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
     if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
         from xlm_jax.data.tokenizer_report import train_tokenizer
@@ -57,8 +60,9 @@ def main(argv):
         from xlm_jax.train.loop import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "evaluate":
-        from xlm_jax.train.loop import evaluate_checkpoint
-        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
+        from xlm_jax.train.evaluate import evaluate_checkpoint, evaluation_config
+        config = evaluation_config(_CONFIG.value, _WORKDIR.value)
+        evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, _EVALS.value)
 
 
 if __name__ == "__main__":

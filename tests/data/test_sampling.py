@@ -167,7 +167,7 @@ def test_realized_language_fractions_match_q():
 
 
 def test_metrics_log_reports_realized_fractions(tmp_path, capsys):
-    from xlm_jax.train.loop import MetricsLog
+    from xlm_jax.train.metrics_log import MetricsLog
 
     config = default_config()
     metrics_log = MetricsLog(str(tmp_path), config, 10, ["el", "en", "sw"], [0.2, 0.7, 0.1])

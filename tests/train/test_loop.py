@@ -24,7 +24,7 @@ TINY = [
     "--config.data.seq_len=32", "--config.data.tokenizer_sentences=4000",
     "--config.data.eval_sentences_per_language=20", "--config.data.eval_batches=1",
     "--config.train.batch_size=8", "--config.train.num_steps=8", "--config.train.warmup_steps=2",
-    "--config.train.log_every=1", "--config.train.eval_every=4", "--config.checkpoint.every_steps=3",
+    "--config.train.log_every=1", "--config.evals.mlm.every_steps=4", "--config.checkpoint.every_steps=3",
 ]
 
 
@@ -192,7 +192,7 @@ def _metrics_row(nonfinite: bool) -> dict:
 def test_skipped_updates_count_in_a_row_and_stop_the_run_at_the_limit(tmp_path):
     from xlm_jax.config import default_config
     from xlm_jax.errors import TrainingError
-    from xlm_jax.train.loop import MetricsLog
+    from xlm_jax.train.metrics_log import MetricsLog
 
     config = default_config()
     config.train.skip_nonfinite, config.train.max_consecutive_skips = True, 3
@@ -307,7 +307,7 @@ def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
 def test_resuming_with_other_data_shards_is_refused_and_another_process_count_is_logged():
     from xlm_jax.config import default_config
     from xlm_jax.errors import ConfigError
-    from xlm_jax.train.loop import resume_note
+    from xlm_jax.train.run import resume_note
 
     config = default_config()
     config.train.batch_size, config.data.shards = 16, 0

@@ -37,9 +37,10 @@ _ERROR_BYTES = 4096
 class Processes:
     """This process among the run's, and the two collectives data preparation needs.
 
-    The defaults are one process alone; train/loop.py passes jax's, tests stand-ins.
-    allgather: int64 array -> [count, *shape], the same on every process. zero_first(done,
-    task): task(log) on process 0, then, once it is done, task(silent log) on the others.
+    The defaults are one process alone; parallel/multihost.py's this_process() gives jax's,
+    tests stand-ins. allgather: int64 array -> [count, *shape], the same on every process.
+    zero_first(done, task): task(log) on process 0, then, once it is done, task(silent log)
+    on the others.
     """
     index: int = 0
     count: int = 1

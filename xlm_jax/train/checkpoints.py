@@ -15,12 +15,17 @@ import os
 
 import flax
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from xlm_jax.config import with_defaults
 from xlm_jax.errors import CheckpointError
 from xlm_jax.jsonfiles import read_json_object
+from xlm_jax.models.heads import MaskedLM
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import state_shardings
 
 DAMAGED_DIR = "damaged_checkpoints"
 
@@ -181,10 +186,22 @@ def save_config(workdir: str, config) -> None:
 
 
 def load_config(workdir: str):
-    import ml_collections
+    """The run's config.json, with fields it predates filled in from the defaults."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist: is {workdir} an xlm_jax run directory?")
-    return ml_collections.ConfigDict(read_json_object(
+    return with_defaults(ml_collections.ConfigDict(read_json_object(
         path, "every training start writes it: run the run's training command once more (it resumes "
-        "and rewrites config.json), or restore the file from a copy", CheckpointError))
+        "and rewrites config.json), or restore the file from a copy", CheckpointError)))
+
+
+def restore_params(config, workdir: str, mesh, rules, step: int | None = None, log=print):
+    """(params, step) of checkpoint `step` (default: the newest readable) of a run directory,
+    sharded on `mesh` by `rules`, read-only; for evaluation and notebooks."""
+    abstract, shardings = state_shardings(MaskedLM(config.model), make_optimizer(config.train), config, mesh, rules)
+    checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False, read_only=True)
+    try:
+        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step, log=log)
+    finally:
+        checkpoints.close()
+    return state.params, int(state.step)

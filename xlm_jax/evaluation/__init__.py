@@ -1,0 +1,1 @@
+"""Evaluation: every way xlm_jax measures a model, behind one interface (evaluator.py)."""

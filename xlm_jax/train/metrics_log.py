@@ -1,0 +1,161 @@
+"""The run's metric writer: per-step metrics, throughput, MFU and sampled languages.
+
+Per-step metrics stay on device until a log point; only process 0 prints and writes
+TensorBoard summaries and metrics.jsonl. Fetching them is also where a non-finite
+step stops the run (see MetricsLog.flush).
+"""
+import contextlib
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from xlm_jax.errors import TrainingError
+from xlm_jax.evaluation.runner import scalar_tags
+from xlm_jax.parallel.multihost import log
+from xlm_jax.train import metrics as metrics_lib
+
+
+class MetricsLog:
+    """Per-step metrics stay on device until a log point, so steps are not serialized."""
+
+    def __init__(self, workdir: str, config, total_steps: int, languages=(), probs=()):
+        self.pending = []
+        self.languages, self.probs = list(languages), np.asarray(probs, np.float64)
+        self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since start
+        self.history = []
+        self.total_steps = total_steps
+        self.tokens_per_step = config.train.batch_size * config.data.seq_len
+        self.flops_per_token = metrics_lib.flops_per_token(config.model, config.data.seq_len,
+                                                          config.data.mask_prob)
+        self.peak_flops, self.peak_source = metrics_lib.peak_flops()
+        self.skip_nonfinite = config.train.skip_nonfinite
+        self.max_skips = config.train.max_consecutive_skips
+        self.skip_streak = 0   # updates skipped in a row, up to the last fetched step
+        is_main = jax.process_index() == 0
+        self.writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), is_main)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self.window_start = time.perf_counter()
+        self.window_steps = 0
+        self.excluded_seconds = 0.0
+
+    def add(self, step: int, metrics, timed: bool = True) -> None:
+        self.pending.append((step, metrics))
+        self.window_steps += int(timed)
+
+    def count_languages(self, language) -> None:
+        """Host-side tally of the language of each row this process feeds the step."""
+        self.sampled += np.bincount(np.asarray(language).ravel(), minlength=len(self.languages))
+
+    def sampled_fractions(self) -> tuple[np.ndarray, int]:
+        """Realized language fractions of all processes' rows since this run (re)started, and their count."""
+        counts = self.sampled
+        if jax.process_count() > 1:  # every process logs the same windows, so they all get here
+            counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, len(counts)).sum(0)
+        total = int(counts.sum())
+        return counts / max(total, 1), total
+
+    def log_sampled(self, step: int) -> None:
+        """Realized vs target q_i: all languages to metrics.jsonl and TensorBoard, the largest and
+        the furthest off (in binomial standard errors) to stdout."""
+        if not self.languages:
+            return
+        fractions, total = self.sampled_fractions()
+        if not total:
+            return
+        z = (fractions - self.probs) / np.sqrt(np.maximum(self.probs * (1 - self.probs), 1e-12) / total)
+        top = list(np.argsort(-self.probs, kind="stable")[:5])
+        worst = int(np.argmax(np.abs(z)))
+        shown = top + ([worst] if worst not in top else [])
+        parts = [f"{self.languages[i]} {fractions[i]:.3f}/{self.probs[i]:.3f}" for i in shown]
+        log(f"sampled/q over {total:,} examples: {', '.join(parts)}"
+            + (f" (of {len(self.languages)})" if len(self.languages) > len(shown) else "")
+            + f"; furthest {self.languages[worst]} {z[worst]:+.1f} s.e.")
+        sampled = {lang: float(f) for lang, f in zip(self.languages, fractions)}
+        self.writer.scalars(step, {f"sampled/{lang}": f for lang, f in sampled.items()})
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, "sampled": sampled, "sampled_examples": total}) + "\n")
+            self.jsonl.flush()
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Time spent in here (compilation, evals, checkpoint saves) is not training throughput."""
+        start = time.perf_counter()
+        yield
+        self.excluded_seconds += time.perf_counter() - start
+
+    def flush(self) -> list[dict]:
+        """Fetches pending metrics; raises TrainingError at the first non-finite step, or with
+        train.skip_nonfinite once train.max_consecutive_skips updates in a row were skipped."""
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        rows = []
+        for step, values in fetched:
+            row = {"step": step, **{k: float(v) for k, v in values.items()}}
+            if row["nonfinite"] and not self.skip_nonfinite:
+                raise TrainingError(
+                    f"non-finite loss or gradients at step {step} (loss={row['loss']}, "
+                    f"grad_norm={row['grad_norm']}); the update was not applied and no checkpoint "
+                    f"was written after it. Lower train.learning_rate, check the data, or set "
+                    f"--config.train.skip_nonfinite=True to skip such updates")
+            self.skip_streak = self.skip_streak + 1 if row["nonfinite"] else 0
+            if self.skip_streak >= self.max_skips:
+                raise TrainingError(
+                    f"{self.skip_streak} updates in a row were non-finite and skipped (steps "
+                    f"{step - self.skip_streak + 1}-{step}; train.max_consecutive_skips={self.max_skips}): "
+                    "the parameters are likely ruined, so no checkpoint was written since the last "
+                    "good update. Resume from the last checkpoint with a lower train.learning_rate "
+                    "or check the data")
+            rows.append(row)
+        return rows
+
+    def log_window(self, step: int) -> None:
+        rows = self.flush()
+        if not rows:
+            return
+        elapsed = max(time.perf_counter() - self.window_start - self.excluded_seconds, 1e-9)
+        tokens_per_s = self.window_steps * self.tokens_per_step / elapsed
+        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        mean = lambda k: float(np.mean([r[k] for r in rows]))
+        last = rows[-1]
+        summary = {"loss": mean("loss"), "accuracy": mean("accuracy"),
+                   "learning_rate": last["learning_rate"], "grad_norm": mean("grad_norm"),
+                   "tokens_per_s": tokens_per_s, "mfu": mfu,
+                   "skipped_nonfinite": sum(r["nonfinite"] for r in rows)}
+        eta = (self.total_steps - step) * elapsed / max(self.window_steps, 1)
+        log(f"step {step}/{self.total_steps}  loss {summary['loss']:.4f}  "
+            f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
+            f"grad_norm {summary['grad_norm']:.3f}  {tokens_per_s:,.0f} tok/s  "
+            f"MFU {100 * mfu:.1f}%  ETA {metrics_lib.format_duration(eta)}"
+            + (f"  skipped {summary['skipped_nonfinite']:.0f} non-finite" if summary["skipped_nonfinite"] else ""))
+        self.writer.scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        if self.jsonl:
+            for row in rows:
+                self.jsonl.write(json.dumps(row) + "\n")
+            self.jsonl.flush()
+        self.history.extend(rows)
+        self.log_sampled(step)
+        self.window_start, self.window_steps, self.excluded_seconds = time.perf_counter(), 0, 0.0
+
+    def log_evals(self, step: int, records: dict) -> None:
+        """Evaluation records (evaluation/runner.py): per-language numbers to stdout, TensorBoard
+        (eval/<name>/<language>/<metric>, eval/<name>/<summary metric>) and metrics.jsonl."""
+        for name, record in records.items():
+            parts = [f"{lang} " + "/".join(f"{v:.3f}" for v in values.values())
+                     for lang, values in record["per_language"].items()]
+            if parts:
+                metrics = "/".join(next(iter(record["per_language"].values())))
+                log(f"eval {name} step {step}  {metrics} per language: {', '.join(parts)}")
+        self.writer.scalars(step, scalar_tags(records))
+        if self.jsonl:
+            rows = {name: {k: record[k] for k in ("summary", "per_language")} for name, record in records.items()}
+            self.jsonl.write(json.dumps({"step": step, "evals": rows}) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.jsonl:
+            self.jsonl.close()
