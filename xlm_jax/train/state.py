@@ -52,17 +52,20 @@ def check_divisible(boxed_params, mesh: Mesh, rules, config) -> None:
                     f"mesh or rules preset")
 
 
-def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
-    """(abstract state, sharding of every leaf) without allocating anything."""
+def layout_of_state(init_boxed, optimizer: optax.GradientTransformation, mesh: Mesh, rules, config=None):
+    """(abstract TrainState, sharding of every leaf) for the params `init_boxed(rng)` creates
+    (with logical partitioning), without allocating anything; with `config`, uneven splits
+    are a ConfigError naming the field."""
 
     def init_abstract(rng):
-        boxed = _init_variables(model, config, rng)["params"]
+        boxed = init_boxed(rng)
         params = nn.meta.unbox(boxed)
         return boxed, TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                  opt_state=optimizer.init(params))
 
     boxed, abstract_state = jax.eval_shape(init_abstract, jax.random.key(0))
-    check_divisible(boxed, mesh, rules, config)
+    if config is not None:
+        check_divisible(boxed, mesh, rules, config)
     logical_specs = nn.get_partition_spec(boxed)
     param_shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -73,6 +76,12 @@ def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh
         transform_non_params=lambda _: replicated)
     shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
     return abstract_state, shardings
+
+
+def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
+    """(abstract state, sharding of every leaf) of the MaskedLM's train state."""
+    return layout_of_state(lambda rng: _init_variables(model, config, rng)["params"], optimizer, mesh, rules,
+                           config)
 
 
 def create_train_state(model, optimizer, config, mesh: Mesh, rules, shardings) -> TrainState:
