@@ -8,6 +8,7 @@ SentencePiece unigram vocabulary trained from alpha=0.3 temperature-sampled text
 Pass --config.data.corpus_dir=DIR to use a directory of <lang>.txt files instead.
 """
 from xlm_jax.config import default_config
+from xlm_jax.evaluation.suites import demo_suite
 
 
 def get_config():
@@ -30,7 +31,8 @@ def get_config():
     t.learning_rate = 1e-3
     t.warmup_steps = 30
     t.log_every = 25
-    config.evals.mlm.every_steps = 150
+
+    config.evals = demo_suite(mlm_every_steps=150)   # held-out MLM while training; the rest on --mode=evaluate
 
     config.checkpoint.every_steps = 150
     config.mesh.rules = "dp"

@@ -18,6 +18,7 @@ sequences per device: on fewer or smaller devices raise --config.train.grad_accu
 on large pods lower it (fewer, bigger matmuls per step).
 """
 from xlm_jax.config import default_config
+from xlm_jax.evaluation.suites import xtreme_suite
 
 
 def get_config():
@@ -49,7 +50,8 @@ def get_config():
     t.weight_decay = 0.01
     t.clip_norm = 1.0
     t.log_every = 100
-    config.evals.mlm.every_steps = 10_000
+
+    config.evals = xtreme_suite(mlm_every_steps=10_000)
 
     config.checkpoint.every_steps = 5000
     config.checkpoint.keep = 3

@@ -6,23 +6,9 @@ entries into Evaluator instances with complete, checked options.
 import ml_collections
 
 from xlm_jax.errors import ConfigError
-from xlm_jax.evaluation import heldout_mlm  # noqa: F401  (registers its kind)
+from xlm_jax.evaluation import (  # noqa: F401  (each module registers its kinds)
+    alignment, classification, data_transfer, heldout_mlm, perplexity, retrieval, tagging)
 from xlm_jax.evaluation.evaluator import COMMON_OPTIONS, EVALUATORS, Evaluator
-
-_KINDS = ("retrieval", "alignment", "data_transfer", "perplexity", "classification", "tagging")
-
-
-def _import_kinds() -> None:
-    import importlib
-    for module in _KINDS:
-        try:
-            importlib.import_module(f"xlm_jax.evaluation.{module}")
-        except ModuleNotFoundError as error:   # a kind still being written
-            if error.name != f"xlm_jax.evaluation.{module}":
-                raise
-
-
-_import_kinds()
 
 
 def _check_type(field: str, value, default) -> None:

@@ -1,0 +1,56 @@
+"""Evaluator sets for the recipes: a fast one for the demo and an XTREME-like one for XLM-R.
+
+Paths point into the offline evaluation data (`$XLM_JAX_EVAL_DATA`, default
+../shared/data, relative to where the command runs): Tatoeba, XNLI, UD POS, and
+monolingual text. Only `mlm` runs during training; the others run with
+--mode=evaluate (all, or `--evals=tatoeba,xnli`) or set `every_steps` to watch them.
+"""
+import os
+
+import ml_collections
+
+from xlm_jax.evaluation import registry  # noqa: F401  (registers every kind)
+from xlm_jax.evaluation.evaluator import evaluator_options
+
+DATA = os.environ.get("XLM_JAX_EVAL_DATA", "../shared/data")
+DEMO_TATOEBA = "deu,fra,spa,ita,por,nld,rus,pol,tur,ell,ara,cmn"   # 12 languages the demo corpus has
+XNLI_ALL = ""   # the 15 XNLI languages
+
+
+def _suite(entries: dict) -> ml_collections.ConfigDict:
+    """Complete option sets, so any option can be overridden (`--config.evals.xnli.epochs=1`)."""
+    return ml_collections.ConfigDict({name: evaluator_options(**entry) for name, entry in entries.items()})
+
+
+def demo_suite(data: str = DATA, mlm_every_steps: int = 150) -> ml_collections.ConfigDict:
+    """Every task at small scale: minutes on 2 CPU cores (times in the README)."""
+    return _suite({
+        "mlm": {"kind": "mlm", "every_steps": mlm_every_steps},
+        "tatoeba": {"kind": "retrieval", "data": f"{data}/tatoeba", "languages": DEMO_TATOEBA, "max_pairs": 500},
+        "mining": {"kind": "retrieval", "mode": "mining", "data": f"{data}/tatoeba", "languages": "deu,fra,rus",
+                   "max_pairs": 500, "distractors": 250},
+        "xnli": {"kind": "xnli", "data": f"{data}/xnli", "languages": XNLI_ALL, "max_test_examples": 500,
+                 "epochs": 2.0, "learning_rate": 1e-4},
+        "pos": {"kind": "pos", "train": f"{data}/pos/en_ewt-ud-dev.tsv", "test": f"{data}/pos",
+                "max_test_sentences": 200, "epochs": 3.0},
+        "alignment": {"kind": "alignment", "data": f"{data}/tatoeba", "languages": "deu,fra,rus,cmn",
+                      "max_pairs": 500},
+        "pseudo_perplexity": {"kind": "pseudo_perplexity", "max_sentences": 100,
+                              "files": f"en:{data}/mono/en.txt,el:{data}/mono/el.txt,sw:{data}/mono/sw.txt"},
+        "data_transfer": {"kind": "data_transfer", "text": f"{data}/mono/sw.txt", "language": "sw",
+                          "sizes": "4000,16000,64000", "steps": 100, "seq_len": 64},
+    })
+
+
+def xtreme_suite(data: str = DATA, mlm_every_steps: int = 10_000) -> ml_collections.ConfigDict:
+    """XTREME's protocols (../shared/REFERENCES.md): Tatoeba on its 36 languages at the middle
+    layer, XNLI fine-tuned on English (lr 2e-5, 5 epochs, seq 128, batch 32; on the English dev
+    set offline, or on MultiNLI with --config.evals.xnli.train_tfds=multi_nli), POS on UD."""
+    return _suite({
+        "mlm": {"kind": "mlm", "every_steps": mlm_every_steps},
+        "tatoeba": {"kind": "retrieval", "data": f"{data}/tatoeba"},
+        "xnli": {"kind": "xnli", "data": f"{data}/xnli", "learning_rate": 2e-5, "epochs": 5.0},
+        "pos": {"kind": "pos", "train": f"{data}/pos/en_ewt-ud-dev.tsv", "test": f"{data}/pos",
+                "learning_rate": 2e-5, "epochs": 10.0},
+        "alignment": {"kind": "alignment", "data": f"{data}/tatoeba", "languages": "deu,fra,rus,cmn,ara,hin"},
+    })
