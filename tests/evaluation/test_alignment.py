@@ -159,6 +159,21 @@ def test_pretrained_model_layer_curves(pretrained_subject, shared_data):
     np.testing.assert_allclose(np.diag(cka_between(vectors, vectors)), 1.0, atol=1e-9)
 
 
+def test_compare_with_another_run_gives_cka_of_every_layer_pair(pretrained_subject, pretrained_run, shared_data,
+                                                                 tmp_path):
+    """Against its own run directory the model is CKA 1 with itself on the diagonal, and less between
+    different layers; the matrix is also drawn."""
+    ev = evaluator(data=str(shared_data / "tatoeba"), languages="deu", max_pairs=60, compare_with=str(pretrained_run))
+    result = ev.evaluate(make_context(pretrained_subject, log=lambda _: None, artifacts_dir=str(tmp_path)))
+    between = np.array(result.details["cka_vs_other"])
+    layers = pretrained_subject.model_config.num_layers + 1
+    assert between.shape == (layers, layers)
+    np.testing.assert_allclose(np.diag(between), 1.0, atol=1e-6)
+    assert between[0, layers - 1] < 0.99
+    assert result.summary["cka_vs_other_layer_0"] == pytest.approx(1.0, abs=1e-6)
+    assert (tmp_path / "align_cka_vs_other.png").exists()
+
+
 def test_errors(shared_data, tmp_path):
     with pytest.raises(ConfigError, match=r"evals\.align\.data is not set"):
         evaluator()

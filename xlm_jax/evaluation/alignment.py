@@ -17,8 +17,10 @@ of both sides (one `context.encode` call per side) and report, per layer and lan
 
 The paper finds translations most similar (CKA) in the middle / upper-middle layers, less at
 the embeddings. `cka_between` compares two models on the same sentences (every layer pair),
-as the paper does for independently trained monolingual models; the evaluator compares the
-two sides of translation pairs.
+as the paper does for independently trained monolingual models; with option `compare_with`
+(another run directory, or "hf:DIR") the evaluator also reports it, for every layer of this
+model against every layer of that one, on the same sentences (both sides of the pairs): the
+diagonal as `cka_vs_other_layer_<k>`, the whole matrix in details and as a heatmap.
 
 Inputs are read as the retrieval evaluator reads them (options `data`, `languages`): a
 Tatoeba directory (tatoeba.<xxx>-eng.{<xxx>,eng}; `languages` "deu,fra", "" = the XTREME
@@ -33,9 +35,11 @@ import numpy as np
 
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import plots
+from xlm_jax.evaluation.encoding import make_context
 from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
 from xlm_jax.evaluation.parallel_data import ParallelSet, read_parallel_sets
 from xlm_jax.evaluation.retrieval import retrieval_accuracy
+from xlm_jax.evaluation.subjects import load_subject
 
 
 def _centered(x) -> np.ndarray:
@@ -91,7 +95,7 @@ class Alignment(Evaluator):
 
     @classmethod
     def defaults(cls) -> dict:
-        return {"data": "", "languages": "", "max_pairs": 1000, "fit_fraction": 0.5}
+        return {"data": "", "languages": "", "max_pairs": 1000, "fit_fraction": 0.5, "compare_with": ""}
 
     def check(self) -> None:
         self.pair_sets  # noqa: B018  (reads and validates every input)
@@ -149,9 +153,35 @@ class Alignment(Evaluator):
             summary[f"best_{metric}_layer"], summary[f"best_mean_{metric}"] = float(best), mean[best]
             summary[f"mean_{metric}_embeddings"] = mean[0]
         details.update(curves=curves, mean=means)
+        artifacts = self._plots(context, layers, curves, means)
+        if self.options.compare_with:
+            between = self._against_other_model(context, layers)
+            details["cka_vs_other"] = between.tolist()
+            summary.update({f"cka_vs_other_layer_{k}": float(between[k, k])
+                            for k in layers if k < between.shape[1]})
+            artifacts += self._between_plot(context, between)
         return Result(per_language=per_language, summary=summary, details=details,
                       data_files=[f for pair_set in self.pair_sets for f in pair_set.files],
-                      artifacts=self._plots(context, layers, curves, means))
+                      artifacts=artifacts)
+
+    def _against_other_model(self, context: EvalContext, layers) -> np.ndarray:
+        """[this model's layers, the other's layers] CKA on the same sentences, each model with its
+        own tokenizer."""
+        subject = context.subject
+        other = load_subject(self.options.compare_with, subject.mesh, subject.rules, context.log)
+        texts = [t for pair_set in self.pair_sets for t in pair_set.source + pair_set.target]
+        context.log(f"{self.name}: CKA against {self.options.compare_with} on {len(texts)} sentences")
+        theirs = make_context(other).encode(texts, layers=tuple(range(other.model_config.num_layers + 1)))
+        return cka_between(context.encode(texts, layers=layers), theirs)
+
+    def _between_plot(self, context: EvalContext, between: np.ndarray) -> list[str]:
+        if context.artifacts_dir is None:
+            return []
+        name = f"{self.name}_cka_vs_other.png"
+        plots.heatmap(os.path.join(context.artifacts_dir, name), f"linear CKA: this model vs {self.options.compare_with}",
+                      between, [f"ours {k}" for k in range(len(between))],
+                      [str(k) for k in range(between.shape[1])])
+        return [name]
 
     def _plots(self, context: EvalContext, layers, curves, means) -> list[str]:
         if context.artifacts_dir is None:

@@ -17,7 +17,7 @@ from xlm_jax.evaluation.evaluator import Subject
 from xlm_jax.interop.hf import import_hf
 from xlm_jax.models.heads import MaskedLM
 from xlm_jax.parallel.mesh import on_mesh
-from xlm_jax.train.checkpoints import restore_params
+from xlm_jax.train.checkpoints import load_config, restore_params
 
 
 def _boxed_init(model_config):
@@ -65,3 +65,10 @@ def imported_subject(directory: str, mesh, rules, seed: int = 0, log=print) -> S
         params = {**params, "lm_head": jax.device_get(random_init_params(imported.model, mesh, rules, seed)["lm_head"])}
     params = jax.device_put(params, params_shardings(imported.model, mesh, rules))
     return Subject(imported.model, params, tokenizer_from_hf_directory(directory), mesh, rules, step=0, seed=seed)
+
+
+def load_subject(source: str, mesh, rules, log=print) -> Subject:
+    """A run directory's newest readable checkpoint, or "hf:DIR", placed on `mesh`."""
+    if source.startswith("hf:"):
+        return imported_subject(source.removeprefix("hf:"), mesh, rules, log=log)
+    return checkpoint_subject(load_config(source), source, mesh, rules, log=log)
