@@ -29,16 +29,16 @@ def demo_suite(data: str = DATA, mlm_every_steps: int = 150) -> ml_collections.C
         "tatoeba": {"kind": "retrieval", "data": f"{data}/tatoeba", "languages": DEMO_TATOEBA, "max_pairs": 500},
         "mining": {"kind": "retrieval", "mode": "mining", "data": f"{data}/tatoeba", "languages": "deu,fra,rus",
                    "max_pairs": 500, "distractors": 250},
-        "xnli": {"kind": "xnli", "data": f"{data}/xnli", "languages": XNLI_ALL, "max_test_examples": 500,
-                 "epochs": 2.0, "learning_rate": 1e-4},
+        "xnli": {"kind": "xnli", "data": f"{data}/xnli", "languages": XNLI_ALL, "max_train_examples": 1000,
+                 "max_test_examples": 200, "epochs": 2.0, "learning_rate": 1e-4},
         "pos": {"kind": "pos", "train": f"{data}/pos/en_ewt-ud-dev.tsv", "test": f"{data}/pos",
-                "max_test_sentences": 200, "epochs": 3.0},
+                "max_train_sentences": 600, "max_test_sentences": 100, "epochs": 2.0},
         "alignment": {"kind": "alignment", "data": f"{data}/tatoeba", "languages": "deu,fra,rus,cmn",
-                      "max_pairs": 500},
-        "pseudo_perplexity": {"kind": "pseudo_perplexity", "max_sentences": 100,
+                      "max_pairs": 300},
+        "pseudo_perplexity": {"kind": "pseudo_perplexity", "max_sentences": 30,
                               "files": f"en:{data}/mono/en.txt,el:{data}/mono/el.txt,sw:{data}/mono/sw.txt"},
         "data_transfer": {"kind": "data_transfer", "text": f"{data}/mono/sw.txt", "language": "sw",
-                          "sizes": "4000,16000,64000", "steps": 100, "seq_len": 64},
+                          "sizes": "4000,16000", "steps": 60, "seq_len": 64},
     })
 
 
