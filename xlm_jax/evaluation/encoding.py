@@ -106,7 +106,7 @@ class SentenceEncoder:
         One fixed shape per bucket, so a bucket compiles once, on first use."""
         return max(self.shards, self.batch_tokens // bucket // self.shards * self.shards)
 
-    def _chunks(self, lengths: np.ndarray):
+    def chunks(self, lengths: np.ndarray):
         """(start, count, bucket) over the sentences sorted by length: each call takes as many
         sentences as fit the rows of the bucket of its longest one, so calls pad rows only
         where the sentences run out or change bucket."""
@@ -131,7 +131,7 @@ class SentenceEncoder:
         order = np.argsort([len(r) for r in rows], kind="stable")
         pool = self._pool_fn(layers, pooling)
         pending = []
-        for start, count, bucket in self._chunks(np.array([len(rows[i]) for i in order])):
+        for start, count, bucket in self.chunks(np.array([len(rows[i]) for i in order])):
             ids = np.full((self.rows_per_call(bucket), bucket), self.tokenizer.pad_id, np.int32)
             for j, i in enumerate(order[start:start + count]):
                 ids[j, :len(rows[i])] = rows[i]
