@@ -32,7 +32,7 @@ def demo_suite(data: str = DATA, mlm_every_steps: int = 150) -> ml_collections.C
         "xnli": {"kind": "xnli", "data": f"{data}/xnli", "languages": XNLI_ALL, "max_train_examples": 1000,
                  "max_test_examples": 200, "epochs": 2.0, "learning_rate": 1e-4},
         "pos": {"kind": "pos", "train": f"{data}/pos/en_ewt-ud-dev.tsv", "test": f"{data}/pos",
-                "max_train_sentences": 600, "max_test_sentences": 100, "epochs": 2.0},
+                "max_train_sentences": 1000, "max_test_sentences": 100, "epochs": 3.0},
         "alignment": {"kind": "alignment", "data": f"{data}/tatoeba", "languages": "deu,fra,rus,cmn",
                       "max_pairs": 300},
         "pseudo_perplexity": {"kind": "pseudo_perplexity", "max_sentences": 30,
