@@ -231,7 +231,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_by_every_reader_and_resume_is_ex
     (workdir / "checkpoints" / "8" / "state" / "_METADATA").unlink()
     damaged = sorted(p.relative_to(workdir / "checkpoints" / "8") for p in (workdir / "checkpoints" / "8").rglob("*"))
 
-    evaluated = run(workdir, corpus_dir, "--mode=evaluate")   # read-only: falls back, moves nothing
+    evaluated = run(workdir, corpus_dir, "--mode=evaluate", "--evals=mlm")   # read-only: falls back, moves nothing
     assert "checkpoints/8 is unreadable (TypeError" in evaluated.stdout
     assert "left the unreadable checkpoint(s) of step 8 in place" in evaluated.stdout
     assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6

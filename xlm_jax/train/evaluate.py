@@ -41,21 +41,21 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, names=Non
     """Runs config.evals (or only `names`) on checkpoint `step` (default: the newest readable one)
     of <workdir>, or on config.init_from; writes <workdir>/eval/<step>/ and returns its records."""
     config_lib.validate(config)
-    runner = EvaluationRunner(build_evaluators(config.evals, names), workdir, log)   # inputs checked first
-    needs_corpus = [e.name for e in runner.evaluators if getattr(e, "needs_pretraining_corpus", False)]
     checkpoints = Checkpoints(workdir, config.checkpoint.keep, async_save=False, read_only=True)
     has_checkpoint = checkpoints.latest_step() is not None
     checkpoints.close()
-    if not has_checkpoint and config.init_from:
+    if not has_checkpoint and not config.init_from:
+        raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train first, or evaluate a transformers "
+                              "model with --config.init_from=hf:DIR")
+    runner = EvaluationRunner(build_evaluators(config.evals, names), workdir, log)   # inputs checked next
+    needs_corpus = [e.name for e in runner.evaluators if getattr(e, "needs_pretraining_corpus", False)]
+    if not has_checkpoint:
         if needs_corpus:
             raise ConfigError(f"--evals: {', '.join(needs_corpus)} need(s) a run's pretraining corpus, which an "
                               "imported model does not have; use kind=\"pseudo_perplexity\" on text files")
         make_workdir(workdir)
         mesh, rules = make_mesh(config.mesh), logical_axis_rules(config.mesh.rules)
         subject = imported_subject(config.init_from.removeprefix("hf:"), mesh, rules, config.train.seed, log)
-    elif not has_checkpoint:
-        raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train first, or evaluate a transformers "
-                              "model with --config.init_from=hf:DIR")
     elif needs_corpus:
         run = Run(config, workdir, read_only=True)
         runner.heldout = run.evaluate
