@@ -71,7 +71,7 @@ class Model:
             raise ConfigError(f"no evaluator {name!r}: configured ones are {', '.join(evals) or '(none)'}; "
                               f"kinds: {', '.join(sorted(EVALUATORS))}")
         evaluator, = build_evaluators(ml_collections.ConfigDict({name: entry}))
-        return EvaluationRunner([evaluator], workdir, log).run(self.subject)[name]
+        return EvaluationRunner([evaluator], workdir, log, encoder=self._encoder).run(self.subject)[name]
 
     def finetune(self, task: str, workdir: str | None = None, log=print, **options) -> dict:
         """Zero-shot transfer: fine-tunes on the source language of `task` (xnli, pos, ner, or a

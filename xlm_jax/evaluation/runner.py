@@ -36,13 +36,15 @@ class EvaluationRunner:
     """Runs `evaluators` for whoever holds a model. `workdir` None: write nothing (notebook).
 
     heldout: params -> per-language held-out MLM numbers, where a pretraining corpus exists.
+    encoder: a SentenceEncoder of the model's architecture and mesh to reuse (default: a new one).
     The caller logs the records (train/metrics_log.py: stdout, TensorBoard, metrics.jsonl).
     """
 
-    def __init__(self, evaluators: list[Evaluator], workdir: str | None = None, log=print, heldout=None):
+    def __init__(self, evaluators: list[Evaluator], workdir: str | None = None, log=print, heldout=None,
+                 encoder: SentenceEncoder | None = None):
         self.evaluators, self.workdir, self.log, self.heldout = evaluators, workdir, log, heldout
         self.writes = workdir is not None and jax.process_index() == 0
-        self._encoder = None
+        self._encoder = encoder   # the model's, if it has one already: its compiled shapes are reused
         self._baseline_subject = None
         self._baselines = {}
         self._hashes = {}
