@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.config import default_config, validate
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import TrainState, create_train_state, state_shardings
-from xlm_jax.train.step import make_eval_step, make_train_step
+from xlm_jax.train.state import create_train_state, state_shardings, train_state_from_params
+from xlm_jax.objectives.registry import build_objectives
+from xlm_jax.train.step import TrainStep, make_eval_step
 
 PAD, BOS, EOS = 1, 0, 2
 FIRST_REGULAR_ID = 4
@@ -231,28 +232,29 @@ class Setup:
     shardings: Any
     rows: Any
     step: Any
+    objectives: Any
 
     def new_state(self):
         """create_train_state: params initialized by the model's own (jitted, sharded) init."""
-        return create_train_state(self.model, self.optimizer, self.config, self.mesh, self.rules,
-                                  self.shardings)
+        return create_train_state(self.model, self.objectives, self.optimizer, self.config, self.mesh,
+                                  self.rules, self.shardings)
 
     def state_from(self, params):
         """A fresh TrainState around given (host) params, placed with the state shardings."""
         params = jax.tree.map(lambda x: np.array(x, np.float32), params)
-        state = TrainState(step=np.zeros((), np.int32), params=params,
-                           opt_state=self.optimizer.init(params))
-        return jax.device_put(state, self.shardings)
+        return train_state_from_params(params, self.optimizer, self.shardings, self.objectives)
 
-    def put(self, batch):
-        return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, self.rows)
+    def put(self, batch, name: str = "mlm"):
+        """{name: the batch on the devices}: what the step reads (a batch of objective `name`)."""
+        return {name: jax.device_put({k: np.asarray(v) for k, v in batch.items()}, self.rows)}
 
     def eval_step(self):
         return make_eval_step(self.model, self.mesh, self.rules, self.shardings.params, self.rows)
 
 
-def train_setup(config, devices=None, layout=(1, 1, 1), rules="fsdp") -> Setup:
-    """Mesh, rules, model, optimizer, state shardings and the jitted train step."""
+def train_setup(config, devices=None, layout=(1, 1, 1), rules="fsdp", languages=("de", "en")) -> Setup:
+    """Mesh, rules, model, optimizer, state shardings and the jitted train step of the config's
+    objectives (`languages` size a language discriminator)."""
     config = config.copy_and_resolve_references()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = layout
     config.mesh.rules = rules
@@ -261,10 +263,11 @@ def train_setup(config, devices=None, layout=(1, 1, 1), rules="fsdp") -> Setup:
     mesh = make_mesh(config.mesh, devices)
     rule_table = logical_axis_rules(rules)
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    _, shardings = state_shardings(model, optimizer, config, mesh, rule_table)
+    objectives = build_objectives(config, languages)
+    _, shardings = state_shardings(model, objectives, optimizer, config, mesh, rule_table)
     rows = batch_sharding(mesh, rule_table)
-    step = make_train_step(model, optimizer, config, mesh, rule_table, shardings, rows)
-    return Setup(config, mesh, rule_table, model, optimizer, shardings, rows, step)
+    step = TrainStep(model, objectives, optimizer, config, mesh, rule_table, shardings, rows)
+    return Setup(config, mesh, rule_table, model, optimizer, shardings, rows, step, objectives)
 
 
 _SETUP_CACHE = {}

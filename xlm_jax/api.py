@@ -22,7 +22,7 @@ from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.evaluation.subjects import checkpoint_subject, imported_subject
 from xlm_jax.interop.hf import export_hf, family_of_config
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.checkpoints import load_config

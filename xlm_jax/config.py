@@ -13,7 +13,7 @@ from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-SCHEDULES = ("linear", "polynomial", "constant")
+SCHEDULES = ("linear", "polynomial", "constant", "inverse_sqrt")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
 SAMPLING_UNITS = ("sentences", "tokens")
 PACKINGS = ("stream", "lines")
@@ -70,6 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.random_token_prob = 0.1    # 10% a random token, the rest unchanged
     d.whole_word_mask = False    # choose whole words ('▁' starts; fairseq --mask-whole-words), 80/10/10 per word
     d.mask_sample_alpha = 0.0    # > 0: choose tokens with weight count^-alpha (XLM --sample_alpha); 0 = uniform
+    d.languages = ""             # "en,de,fr": train on these languages of the sources only ("" = all);
+                                 # pairs are kept when both sides are
     d.min_languages = 2
     d.max_sentences_per_language = 0   # 0 = no cap
     d.eval_sentences_per_language = 200
@@ -108,6 +110,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict()
     c.evals.mlm = {"kind": "mlm", "every_steps": 500, "random_init_baseline": True}
 
+    # Pretraining objectives (xlm_jax/objectives): objectives.<name> is a weight (0 = off), the
+    # section <name> its options (batch_size 0 = train.batch_size), objective_schedule how they
+    # mix ("sum": one batch of each per update, InfoXLM; "alternate": one objective per update, XLM).
+    from xlm_jax.objectives.registry import add_defaults   # objectives bring jax and flax
+    add_defaults(c)
+
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 500
     k.keep = 3
@@ -119,6 +127,18 @@ def default_config() -> ml_collections.ConfigDict:
     ms.tensor = 1
     ms.rules = "fsdp"
     return c
+
+
+def sibling_config(path: str, name: str) -> ml_collections.ConfigDict:
+    """get_config() of the recipe `name`.py beside the recipe at `path` (a variant's base),
+    wherever the command runs from."""
+    import importlib.util
+    import os
+    file = os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"xlm_jax_recipe_{name}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def with_defaults(loaded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -158,7 +178,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises ConfigError naming the first bad one."""
     expected = default_config()
     sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)
-                and name != "evals"]   # evals holds any names; the registry checks each entry
+                and name not in ("evals", "objectives")]   # any names there; their registries check them
     _require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
     _require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
              f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R or BERT directory) or \"\"")
@@ -247,4 +267,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "section is missing (start from xlm_jax.config.default_config())")
     from xlm_jax.evaluation.registry import build_evaluators   # evaluators bring jax and flax
     build_evaluators(config.evals)
+    from xlm_jax.objectives.registry import check_objectives
+    _require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
+             "section is missing (start from xlm_jax.config.default_config())")
+    check_objectives(config)
     return config

@@ -33,3 +33,30 @@ def test_prints_rates_per_host_and_core_and_the_ratio_to_the_train_step(shared_d
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"ratio_prepared_vs_step=[\d.]+ ratio_on_the_fly_vs_step=[\d.]+", last), out
     assert (tmp_path / "run" / "tokenizer.model").exists()
+
+
+def test_streams_flag_times_every_stream_together(shared_data, tmp_path):
+    """--streams=blocks,tlm,pairs: MLM, TLM and pair batches pulled together from real text and
+    pairs; the prepared rate is the sum of the streams' rates."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = (shared_data / "mono" / "en.txt").read_text(encoding="utf-8").splitlines()[:300]
+    (corpus / "en.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pairs = (shared_data / "parallel" / "tico19" / "en-sw.tsv").read_text(encoding="utf-8").splitlines()[:200]
+    (corpus / "en-sw.tsv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "xlm_jax.benchmarks.input_pipeline", "--config=configs/demo.py",
+         f"--config.data.corpus_dir={corpus}", f"--workdir={tmp_path / 'run'}", "--seconds=0.5", "--step_steps=0",
+         "--streams=blocks,tlm,pairs", "--config.model.vocab_size=502", "--config.data.tokenizer_sentences=2000",
+         "--config.train.batch_size=4"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    total = int(re.search(r"prepared \(sample \+ mask \+ batch\): [\d,]+ examples/s  ([\d,]+) tokens/s per host",
+                          out).group(1).replace(",", ""))
+    rates = {name: int(rate.replace(",", "")) for name, rate in
+             re.findall(r"  stream (\w+) \(\w+, 4 rows a step\): ([\d,]+) tokens/s per host", out)}
+    assert sorted(rates) == ["mlm", "pairs", "tlm"] and min(rates.values()) > 0, out
+    assert abs(sum(rates.values()) - total) <= 3, out   # each rounded to a token/s
+    # every stream every step, 4 rows each: a pair row is two sequences
+    assert abs(rates["tlm"] - rates["mlm"]) <= 1 and abs(rates["pairs"] - 2 * rates["mlm"]) <= 2, out

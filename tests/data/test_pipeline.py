@@ -11,6 +11,7 @@ from xlm_jax.config import default_config
 from xlm_jax.data import pipeline
 from xlm_jax.data.masking import max_predictions
 from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.data.streams import StreamSpec, batch_spec
 from xlm_jax.data.sampling import temperature_probs
 from xlm_jax.data.text import read_text
 from xlm_jax.errors import ConfigError
@@ -51,7 +52,8 @@ def prepared(config, workdir):
 
 
 def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+    """The next n steps' MLM batches (train_batches yields {stream name: batch}; MLM alone by default)."""
+    return [next(iterator)["mlm"] for _ in range(n)]
 
 
 def _originals(batch):
@@ -96,12 +98,14 @@ def test_prepare_data(prepared, config, workdir):
 
 def test_batch_shapes_and_dtypes(prepared, config):
     data, _ = prepared
-    batch = next(train_batches(data, config, start_step=0))
+    step = next(train_batches(data, config, start_step=0))
+    assert list(step) == ["mlm"]
     predictions = max_predictions(SEQ_LEN, 0.15)
     expected = {"input_ids": ((BATCH, SEQ_LEN), np.int32), "masked_positions": ((BATCH, predictions), np.int32),
                 "masked_ids": ((BATCH, predictions), np.int32),
                 "masked_weights": ((BATCH, predictions), np.float32), "language": ((BATCH,), np.int32)}
-    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+    assert {k: (v.shape, v.dtype) for k, v in step["mlm"].items()} == expected
+    assert batch_spec([StreamSpec("mlm", "blocks", BATCH)], config) == {"mlm": expected}
 
 
 def test_examples_are_blocks_of_their_language_from_their_shard(prepared, config):
@@ -194,7 +198,7 @@ def test_a_wordpiece_tokenizer_in_the_workdir_packs_bert_blocks(config, tmp_path
     blocks = np.concatenate([b for shards in data.train_blocks for b in shards])
     assert np.all(blocks[:, 0] == 2) and np.sum(blocks == 3) > 0 and blocks[-1, -1] == 0
     assert not np.isin(blocks[:, 1:], [2, 4]).any()
-    batch = next(train_batches(data, bert, start_step=0))
+    batch = next(train_batches(data, bert, start_step=0))["mlm"]
     masked = batch["masked_positions"][batch["masked_weights"] > 0]
     assert np.sum(batch["input_ids"] == 4) > 0 and masked.min() > 0
     assert not np.isin(batch["masked_ids"][batch["masked_weights"] > 0], [0, 1, 2, 3, 4]).any()
@@ -222,5 +226,5 @@ def test_line_packing_keeps_every_block_within_one_line(config, tmp_path, prepar
             # the same text: non-padding tokens in the same order as the stream packing's
             np.testing.assert_array_equal(body[~is_pad], stream[:, 1:][stream[:, 1:] != tok.pad_id])
     assert sum(len(b) for s in by_line.train_blocks for b in s) > sum(len(b) for s in data.train_blocks for b in s)
-    batch = next(train_batches(by_line, lines, start_step=0))
+    batch = next(train_batches(by_line, lines, start_step=0))["mlm"]
     assert batch["input_ids"].shape == (BATCH, SEQ_LEN)

@@ -154,7 +154,7 @@ def test_realized_language_fractions_match_q():
     batches = train_batches(data, config, start_step=0)
     rows = []
     for _ in range(200):
-        batch = next(batches)
+        batch = next(batches)["mlm"]
         rows.append(batch["language"])
         real = batch["masked_weights"] > 0   # language i's blocks are all token 10 + i
         assert real.any() and np.all((batch["masked_ids"] == 10 + batch["language"][:, None])[real])
@@ -170,9 +170,10 @@ def test_metrics_log_reports_realized_fractions(tmp_path, capsys):
     from xlm_jax.train.metrics_log import MetricsLog
 
     config = default_config()
-    metrics_log = MetricsLog(str(tmp_path), config, 10, ["el", "en", "sw"], [0.2, 0.7, 0.1])
-    metrics_log.count_languages(np.array([1, 1, 1, 0], np.int32))
-    metrics_log.count_languages(np.array([1, 0, 2, 1], np.int32))
+    mlm = types.SimpleNamespace(name="mlm", batch_name="mlm", stream_kind="blocks")   # what count_languages reads
+    metrics_log = MetricsLog(str(tmp_path), config, 10, [mlm], ["el", "en", "sw"], [0.2, 0.7, 0.1])
+    metrics_log.count_languages({"mlm": {"language": np.array([1, 1, 1, 0], np.int32)}})
+    metrics_log.count_languages({"mlm": {"language": np.array([1, 0, 2, 1], np.int32)}})
     metrics_log.log_sampled(2)
     metrics_log.close()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])

@@ -56,7 +56,8 @@ def _prepare_all(config, count, workdir):
 
 
 def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+    """The next n steps' MLM batches (train_batches yields {stream name: batch}; MLM alone by default)."""
+    return [next(iterator)["mlm"] for _ in range(n)]
 
 
 def _assert_rows_concatenate(whole: list[dict], parts: list[list[dict]]):

@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import tiny_config
 from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.evaluation.evaluator import Subject
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 

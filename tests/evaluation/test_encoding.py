@@ -5,7 +5,7 @@ import pytest
 
 from tests.evaluation.conftest import random_subject
 from xlm_jax.evaluation.encoding import SentenceEncoder, make_context, middle_layer, resolve_layers, token_rows
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 
 
 @pytest.fixture(scope="module")

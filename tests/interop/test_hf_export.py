@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import tiny_config
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.interop.hf import export_hf, import_hf
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.vocab_padding import VOCAB_ROW_PARAMS, padded_vocab_size, resize_vocab_rows
 
 torch = pytest.importorskip("torch")

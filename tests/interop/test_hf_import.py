@@ -11,7 +11,7 @@ import pytest
 
 from xlm_jax.errors import CheckpointError
 from xlm_jax.interop.hf import import_hf
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.vocab_padding import padded_vocab_size
 
 torch = pytest.importorskip("torch")

@@ -19,7 +19,7 @@ from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.interop.hf import import_hf
 from xlm_jax.interop.vocab import (WORD_START, adopt_vocab_extension, extend_params, extend_sentencepiece,
                                    new_row_sources)
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.vocab_padding import padded_vocab_size, round_up
 
 pytest.importorskip("torch")

@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import (PAD, jit_apply, np_fairseq_positions, np_forward, np_mean_cross_entropy,
                            param_shapes, random_batch, random_ids, random_params, tiny_config)
 from xlm_jax.models.encoder import fairseq_position_ids
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.objectives.mlm import mlm_loss_terms
 
 # The shapes the brief's reference model must have (3 layers, hidden 96, 6 heads).

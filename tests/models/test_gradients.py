@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.models.encoder import gelu, normalize
-from xlm_jax.models.heads import add_bias
+from xlm_jax.models.masked_lm import add_bias
 
 RNG = np.random.default_rng(0)
 erf = np.vectorize(math.erf)

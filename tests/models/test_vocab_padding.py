@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import np_mean_cross_entropy, param_shapes, random_batch, random_params, tiny_config
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, vocab_padding_params
 from xlm_jax.objectives.mlm import mlm_loss_terms
 

@@ -13,10 +13,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tests.helpers import (assert_updated_params_close, cached_train_setup, param_shapes, random_batch,
                            random_params, tiny_config, to_numpy)
 from xlm_jax.errors import ConfigError, XlmJaxError
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh, mesh_shape
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.optim import make_optimizer
+from xlm_jax.objectives.registry import build_objectives
 from xlm_jax.train.state import state_shardings
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: "
@@ -60,7 +61,7 @@ def test_same_loss_and_update_as_one_device(single_device, params, batch, layout
     assert len(setup.mesh.devices.flat) == 8
     assert float(metrics["loss"]) == pytest.approx(float(base["loss"]), rel=1e-5)
     assert float(metrics["grad_norm"]) == pytest.approx(float(base["grad_norm"]), rel=1e-5)
-    assert float(metrics["masked_tokens"]) == float(base["masked_tokens"])
+    assert float(metrics["mlm/masked_tokens"]) == float(base["mlm/masked_tokens"])
     assert int(metrics["nonfinite"]) == 0
     assert_updated_params_close(state.params, base_state.params, setup.config.train.learning_rate)
     # The updated state comes back with the layout it went in with.
@@ -256,7 +257,7 @@ def test_odd_vocabulary_trains_at_tensor_4_like_one_device():
     assert {s.data.shape for s in _get(state.params, word).addressable_shards} == {(32, 32)}
     assert float(metrics["loss"]) == pytest.approx(float(base["loss"]), rel=1e-5)
     assert float(metrics["grad_norm"]) == pytest.approx(float(base["grad_norm"]), rel=1e-5)
-    assert float(metrics["accuracy"]) == float(base["accuracy"])
+    assert float(metrics["mlm/accuracy"]) == float(base["mlm/accuracy"])
     assert_updated_params_close(state.params, base_state.params, setup.config.train.learning_rate)
 
 
@@ -266,7 +267,7 @@ def _abstract_state(config, layout, rules="fsdp_tp"):
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = layout
     mesh = make_mesh(config.mesh, jax.devices()[:int(np.prod(layout))])
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    return state_shardings(model, optimizer, config, mesh, logical_axis_rules(rules))
+    return state_shardings(model, build_objectives(config), optimizer, config, mesh, logical_axis_rules(rules))
 
 
 def xlmr_vocab_config(**model_overrides):

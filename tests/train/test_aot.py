@@ -12,6 +12,7 @@ import pathlib
 import jax
 import pytest
 
+from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.train.aot import lower_train_step
 
 from tests.helpers import tiny_config
@@ -35,7 +36,8 @@ def test_every_shipped_config_compiles_at_its_own_batch_on_8_devices(path):
     per_device = micro * config.data.seq_len * config.model.hidden_size * 4   # one f32 [tokens, hidden]
     assert memory.temp_size_in_bytes > per_device // 8   # the batch really is in the program
     text = lowered.as_text()
-    assert f"tensor<{config.train.batch_size}x{config.data.seq_len}xi32>" in text
+    for spec in streams(build_objectives(config)):    # every objective's batch, at its own size
+        assert f"tensor<{spec.batch_size}x{config.data.seq_len}xi32>" in text, spec
 
 
 def _mlp_constraint_lines(config, layout, rules):

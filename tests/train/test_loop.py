@@ -185,8 +185,9 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(corpus_dir, tm
 
 
 def _metrics_row(nonfinite: bool) -> dict:
-    return {"loss": float("nan") if nonfinite else 1.0, "accuracy": 0.0, "grad_norm": 1.0,
-            "learning_rate": 1e-3, "masked_tokens": 4.0, "nonfinite": int(nonfinite)}
+    return {"loss": float("nan") if nonfinite else 1.0, "mlm/loss": float("nan") if nonfinite else 1.0,
+            "mlm/accuracy": 0.0, "grad_norm": 1.0, "learning_rate": 1e-3, "mlm/masked_tokens": 4.0,
+            "nonfinite": int(nonfinite)}
 
 
 def test_skipped_updates_count_in_a_row_and_stop_the_run_at_the_limit(tmp_path):
@@ -198,11 +199,11 @@ def test_skipped_updates_count_in_a_row_and_stop_the_run_at_the_limit(tmp_path):
     config.train.skip_nonfinite, config.train.max_consecutive_skips = True, 3
     metrics_log = MetricsLog(str(tmp_path), config, 20)
     for step, nonfinite in enumerate([False, True, True, False, True], start=1):
-        metrics_log.add(step, _metrics_row(nonfinite))
+        metrics_log.add(step, _metrics_row(nonfinite), ["mlm"])
     assert len(metrics_log.flush()) == 5 and metrics_log.skip_streak == 1   # a good step ends a streak
-    metrics_log.add(6, _metrics_row(True))
+    metrics_log.add(6, _metrics_row(True), ["mlm"])
     assert len(metrics_log.flush()) == 1 and metrics_log.skip_streak == 2
-    metrics_log.add(7, _metrics_row(True))
+    metrics_log.add(7, _metrics_row(True), ["mlm"])
     with pytest.raises(TrainingError, match=r"3 updates in a row were non-finite and skipped \(steps 5-7; "
                                             r"train.max_consecutive_skips=3\)"):
         metrics_log.flush()

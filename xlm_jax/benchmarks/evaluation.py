@@ -69,7 +69,7 @@ from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.evaluation.subjects import random_init_params
 from xlm_jax.interop.hf import hf_config, hf_weights
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.task_heads import SequenceClassifier
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules

@@ -2,14 +2,15 @@
 the train step of the same config consumes on this machine.
 
   python -m xlm_jax.benchmarks.input_pipeline --config=configs/demo.py \\
-      [--config.data.corpus_dir=DIR] [--workdir=DIR] [--seconds=10]
+      [--config.data.corpus_dir=DIR] [--workdir=DIR] [--seconds=10] [--streams=blocks,tlm,pairs]
 
 Two paths, each timed on its own:
 - on the fly: raw sentences -> tokenizer.encode -> XLM-R stream packing, what data
   preparation does with a corpus that is not prepared yet;
-- prepared: packed token blocks -> language sampling, masking, batching (tf.data), what
-  every training step pulls.
-Tokens are positions of the packed, masked sequences the model trains on.
+- prepared: packed token blocks (and tokenized translation pairs, for --streams with tlm or
+  pairs) -> sampling, masking, batching (tf.data), what every training step pulls; each
+  stream with train.batch_size rows a step, all streams every step.
+Tokens are positions of the sequences the model trains on (a "pairs" row has two).
 """
 import os
 import time
@@ -28,7 +29,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the tokenizer is read fro
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "Time spent on each measurement.")
 _STEP_STEPS = flags.DEFINE_integer("step_steps", 3, "Train steps timed for the consumption rate "
                                    "(0 = skip the train step).")
+_STREAMS = flags.DEFINE_list("streams", ["blocks"], "Stream kinds pulled together each step (blocks = MLM, "
+                             "tlm, pairs); the prepared rate is their sum, each also printed alone.")
 flags.mark_flags_as_required(["config"])
+
+_NAMES = {"blocks": "mlm", "tlm": "tlm", "pairs": "pairs"}   # the stream name of each kind here
 
 
 def cpu_cores() -> int:
@@ -53,23 +58,36 @@ def on_the_fly(data, text, config, seconds: float) -> tuple[int, int, float]:
     return sentences, tokens, time.perf_counter() - start
 
 
-def prepared(data, config, seconds: float) -> tuple[int, float]:
-    """(examples, seconds) of masked batches pulled from the packed blocks."""
+def stream_specs(kinds: list[str], config):
+    """One stream of each kind of --streams, train.batch_size rows each, named as its objective would be."""
+    from xlm_jax.data.streams import KINDS, StreamSpec
+
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"--streams: got {','.join(kinds)}; use a comma-separated list of {', '.join(KINDS)}")
+    return [StreamSpec(_NAMES[kind], kind, config.train.batch_size) for kind in dict.fromkeys(kinds)]
+
+
+def prepared(data, config, specs, seconds: float) -> tuple[int, dict[str, int], float]:
+    """(examples, {stream name: tokens}, seconds) of batches of every stream pulled together from
+    the prepared data."""
     from xlm_jax.data.pipeline import train_batches
 
-    batches = train_batches(data, config, start_step=0)
-    next(batches)  # builds the tf.data graph and fills the prefetch buffer
-    examples = 0
+    batches = train_batches(data, config, start_step=0, streams=specs)
+    next(batches)  # builds the tf.data graphs and fills the prefetch buffers
+    examples, tokens = 0, dict.fromkeys((spec.name for spec in specs), 0)
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        examples += len(next(batches)["input_ids"])
-    return examples, time.perf_counter() - start
+        for name, batch in next(batches).items():
+            sequences = [batch[key] for key in ("input_ids", "src_ids", "tgt_ids") if key in batch]
+            examples, tokens[name] = examples + len(sequences[0]), tokens[name] + sum(x.size for x in sequences)
+    return examples, tokens, time.perf_counter() - start
 
 
 def train_step_tokens_per_s(config, steps: int) -> float:
     from xlm_jax.benchmarks.train_step import make_ours, timed
 
-    run, _ = make_ours(config)
+    run = make_ours(config)[0]   # (run, parameter count, ...)
     run(1)  # compile
     return config.train.batch_size * config.data.seq_len / timed(run, steps).wall
 
@@ -86,14 +104,16 @@ def main(argv):
 
     tf.config.set_visible_devices([], "GPU")
     config = validate(_CONFIG.value)
+    specs = stream_specs(_STREAMS.value, config)
+    pairs = any(spec.kind != "blocks" for spec in specs)
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="xlm_jax_input_bench_")
-    text = read_text(config, log=lambda _: None)
-    data = prepare_data(config, workdir, log=lambda _: None, text=text)
+    text = read_text(config, log=lambda _: None, pairs=pairs)
+    data = prepare_data(config, workdir, log=lambda _: None, text=text, pairs=pairs)
     cores, seq_len = cpu_cores(), config.data.seq_len
 
     sentences, fly_tokens, fly_s = on_the_fly(data, text, config, _SECONDS.value)
-    examples, prep_s = prepared(data, config, _SECONDS.value)
-    fly_rate, prep_rate = fly_tokens / fly_s, examples * seq_len / prep_s
+    examples, stream_tokens, prep_s = prepared(data, config, specs, _SECONDS.value)
+    fly_rate, prep_rate = fly_tokens / fly_s, sum(stream_tokens.values()) / prep_s
     combined = 1 / (1 / fly_rate + 1 / prep_rate)   # tokenize + pack, then mask + batch
     print(f"corpus: {len(data.languages)} languages, tokenizer {data.tokenizer.vocab_size:,} ids, "
           f"seq_len {seq_len}, batch {config.train.batch_size}; {cores} CPU core(s) on this host")
@@ -103,6 +123,10 @@ def main(argv):
           f"{combined:,.0f} tokens/s per host  {combined / cores:,.0f} per core")
     print(f"prepared (sample + mask + batch): {examples / prep_s:,.0f} examples/s  "
           f"{prep_rate:,.0f} tokens/s per host  {prep_rate / cores:,.0f} per core")
+    if len(specs) > 1:
+        for spec in specs:
+            rate = stream_tokens[spec.name] / prep_s
+            print(f"  stream {spec.name} ({spec.kind}, {spec.batch_size} rows a step): {rate:,.0f} tokens/s per host")
     if _STEP_STEPS.value:
         consumed = train_step_tokens_per_s(config, _STEP_STEPS.value)
         print(f"train step of this config here: {consumed:,.0f} tokens/s")

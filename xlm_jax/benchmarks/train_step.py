@@ -2,10 +2,14 @@
 
   python -m xlm_jax.benchmarks.train_step --layers=6 --hidden=256 --heads=4 --ffn=1024 \\
       --vocab=32000 --seq=128 --batch=16 --dtype=float32 --compare=hf_flax,hf_torch
+  python -m xlm_jax.benchmarks.train_step --objectives=mlm,tlm,xlco
 
 Random token ids with 15% masked positions stand in for data, so this measures the
 model, optimizer and sharding alone. The step is the one training uses (AdamW,
 clipping, non-finite guard, dropout 0.1), on a mesh of all local devices (`dp`).
+`--objectives` trains that mix (weight 1 each, every objective's batch of --batch rows
+each step, --schedule=sum): each objective's own step is timed too, and the mix's model
+FLOPs are printed by part (XLCo's forward-only key encoder on its own line).
 
 `--compare` also trains transformers' XLM-R masked LM (Flax and/or PyTorch, see
 peers.py) on the same batch in the same process: each system runs once to compile
@@ -27,14 +31,16 @@ from xlm_jax.benchmarks import peers
 from xlm_jax.config import default_config, validate
 from xlm_jax.data.masking import max_predictions
 from xlm_jax.errors import XlmJaxError
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.data.streams import stream_fields
+from xlm_jax.models.masked_lm import MaskedLM
+from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.models.vocab_padding import vocab_padding_params
 from xlm_jax.parallel.mesh import batch_sharding, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import count_params, create_train_state, state_shardings
-from xlm_jax.train.step import make_train_step
+from xlm_jax.train.step import TrainStep
 
 flags.DEFINE_integer("layers", 6, "Transformer layers.")
 flags.DEFINE_integer("hidden", 256, "Hidden size.")
@@ -51,7 +57,10 @@ flags.DEFINE_string("rules", "dp", "Logical-axis rules preset (dp, fsdp, fsdp_tp
 flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
 flags.DEFINE_list("compare", [], "Peers to run on the same batch, alternating with ours: "
-                  "hf_flax, hf_torch (needs the `hf` extra).")
+                  "hf_flax, hf_torch (needs the `hf` extra; MLM alone).")
+flags.DEFINE_list("objectives", ["mlm"], "Objectives trained together (weight 1 each): mlm, tlm, xlco, "
+                  "adversarial, pair_classification.")
+flags.DEFINE_integer("queue_size", 16_384, "XLCo's queue of negatives (a multiple of 2 x --batch).")
 FLAGS = flags.FLAGS
 
 
@@ -65,6 +74,8 @@ def benchmark_config():
     config.train.batch_size = FLAGS.batch
     config.train.num_steps = 10**6
     config.mesh.rules = FLAGS.rules
+    config.objectives = {name: 1.0 for name in FLAGS.objectives}
+    config.xlco.queue_size = FLAGS.queue_size
     return validate(config)
 
 
@@ -81,25 +92,55 @@ def random_batch(config, rng: np.random.Generator) -> dict:
             "masked_ids": masked_ids, "masked_weights": np.ones((b, p), np.float32)}
 
 
-def make_ours(config):
-    """(run(num_steps) -> last metrics, parameter count): the training step on a random batch."""
+def random_sides(config, rng: np.random.Generator) -> np.ndarray:
+    """`<s> x </s>` rows of random lengths (a quarter to all of seq_len), padded."""
+    b, s, v = config.train.batch_size, config.data.seq_len, config.model.vocab_size
+    rows = np.full((b, s), config.model.pad_token_id, np.int32)
+    for row, length in zip(rows, rng.integers(max(s // 4, 3), s + 1, b)):
+        row[:length] = np.concatenate([[0], rng.integers(4, v - 1, length - 2), [2]])
+    return rows
+
+
+def random_stream_batch(spec, config, rng: np.random.Generator) -> dict:
+    """A random batch of a stream of the kind `spec` names, in the fields it declares."""
+    fields = stream_fields(spec, config)
+    if spec.kind == "pairs":
+        batch = {"src_ids": random_sides(config, rng), "tgt_ids": random_sides(config, rng)}
+    else:
+        batch = random_batch(config, rng)
+        if "position_ids" in fields:   # one long pair: continuous positions, as the model's own
+            offset = config.model.position_offset
+            batch["position_ids"] = np.broadcast_to(offset + np.arange(config.data.seq_len, dtype=np.int32),
+                                                    batch["input_ids"].shape).copy()
+    for key, field in fields.items():  # languages: two of them, at random
+        if key not in batch:
+            batch[key] = rng.integers(0, 2, (config.train.batch_size, *field.shape)).astype(field.dtype)
+    return batch
+
+
+def make_ours(config, batch_names=None):
+    """(run(num_steps) -> last metrics, parameter count, objectives): the training step on random
+    batches of the objectives reading `batch_names` (default: all of them)."""
     mesh = make_mesh(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    _, shardings = state_shardings(model, optimizer, config, mesh, rules)
-    state = create_train_state(model, optimizer, config, mesh, rules, shardings)
+    objectives = build_objectives(config, ["language_0", "language_1"])
+    _, shardings = state_shardings(model, objectives, optimizer, config, mesh, rules)
+    state = create_train_state(model, objectives, optimizer, config, mesh, rules, shardings)
     num_params = count_params(state.params)
     rows = batch_sharding(mesh, rules)
-    step = make_train_step(model, optimizer, config, mesh, rules, shardings, rows)
-    batch = jax.device_put(random_batch(config, np.random.default_rng(0)), rows)
+    step = TrainStep(model, objectives, optimizer, config, mesh, rules, shardings, rows)
+    rng = np.random.default_rng(0)
+    specs = [spec for spec in streams(objectives) if batch_names is None or spec.name in batch_names]
+    batches = jax.device_put({spec.name: random_stream_batch(spec, config, rng) for spec in specs}, rows)
 
     def run(num_steps):
         nonlocal state
         for _ in range(num_steps):
-            state, metrics = step(state, batch)
+            state, metrics = step(state, batches)
         return jax.block_until_ready(metrics)
 
-    return run, num_params
+    return run, num_params, [o for o in objectives if o.batch_name in batches]
 
 
 class Round(NamedTuple):
@@ -124,17 +165,23 @@ def timed(run, num_steps: int) -> Round:
 def main(argv):
     del argv
     config = benchmark_config()
+    if FLAGS.compare and FLAGS.objectives != ["mlm"]:
+        raise XlmJaxError("--compare: the peers train masked LM alone; compare with --objectives=mlm")
     for name in FLAGS.compare:
         if name not in peers.PEERS:
             raise XlmJaxError(f"--compare: unknown peer {name!r}; known: {', '.join(peers.PEERS)}")
         peers.check_installed(name)
-    tokens = config.train.batch_size * config.data.seq_len
-    ours, num_params = make_ours(config)
-    systems = {"xlm_jax": ours}
+    ours, num_params, objectives = make_ours(config)
+    systems, costs = {"xlm_jax": ours}, {"xlm_jax": step_cost(objectives)}
+    mix = [spec.name for spec in streams(objectives)]
+    for name in mix if len(mix) > 1 else []:   # each objective's batch alone, beside the mix
+        systems[f"xlm_jax {name} alone"], _, alone = make_ours(config, [name])
+        costs[f"xlm_jax {name} alone"] = step_cost(alone)
     # The peers see the very batch ours trains on (same ids, same masked positions).
     batch = random_batch(config, np.random.default_rng(0))
     for name in FLAGS.compare:
         systems[name] = peers.make_peer(name, config, batch)
+        costs[name] = step_cost([o for o in objectives if o.name == "mlm"])
 
     compile_s, first = {}, {}
     for name, run in systems.items():  # compile and warm up each once
@@ -148,8 +195,6 @@ def main(argv):
     best_round = {name: min(r, key=lambda r: r.wall) for name, r in rounds.items()}
     best = {name: r.wall for name, r in best_round.items()}
 
-    tokens_per_s = tokens / best["xlm_jax"]
-    flops = metrics_lib.flops_per_token(config.model, config.data.seq_len, config.data.mask_prob)
     peak, source = metrics_lib.peak_flops()
     padding = vocab_padding_params(config.model)
     print(f"model: {(num_params - padding) / 1e6:.1f}M params (+{padding:,} of vocabulary padding), "
@@ -158,24 +203,36 @@ def main(argv):
           f"seq={FLAGS.seq} batch={FLAGS.batch} dtype={FLAGS.dtype} remat={FLAGS.remat}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak "
           f"{peak / 1e12:.3f} TFLOP/s ({source})")
+    print(f"objectives: {', '.join(mix)} (schedule sum); model GFLOP per step: "
+          + ", ".join(f"{part} {value / 1e9:.2f}" for o in objectives for part, value in o.flops().items()))
     print(f"compile: {compile_s['xlm_jax']:.1f}s  loss after warm-up: "
           f"{float(first['xlm_jax']['loss']):.3f}")
-    print(f"xlm_jax: {1 / best['xlm_jax']:.2f} steps/s  {tokens_per_s:,.0f} tokens/s  "
-          f"MFU {100 * tokens_per_s * flops / peak:.1f}%  "
-          f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB"
-          + (" (the process's, peers included)" if FLAGS.compare else "")
-          + f"  CPU {best_round['xlm_jax'].cpu:.2f} s/step ({best_round['xlm_jax'].system:.2f} system)")
+    for name in [n for n in systems if n.startswith("xlm_jax")]:
+        tokens, flops = costs[name]
+        print(f"{name}: {1 / best[name]:.2f} steps/s  {tokens / best[name]:,.0f} tokens/s  "
+              f"MFU {100 * flops / best[name] / peak:.1f}%  "
+              + (f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB"
+                 + (" (the process's, all systems included)" if len(systems) > 1 else "") + "  "
+                 if name == "xlm_jax" else "")
+              + f"CPU {best_round[name].cpu:.2f} s/step ({best_round[name].system:.2f} system)")
     if not FLAGS.compare:
         return
     print(f"timing: best of {FLAGS.repeats} alternating rounds of {FLAGS.steps} steps per system")
     for name in systems:
+        tokens = costs[name][0]
         median = statistics.median(r.wall for r in rounds[name])
         print(f"{name}: {tokens / best[name]:,.0f} tokens/s best, {tokens / median:,.0f} median  "
               f"CPU {best_round[name].cpu:.2f} s/step ({best_round[name].system:.2f} system)  "
               f"(compile+first step {compile_s[name]:.1f}s, first loss "
-              f"{float(first[name]['loss'] if name == 'xlm_jax' else first[name]):.3f})")
+              f"{float(first[name]['loss'] if name.startswith('xlm_jax') else first[name]):.3f})")
     ratios = {name: best[name] / best["xlm_jax"] for name in FLAGS.compare}
     print(" ".join(f"ratio_vs_{name}={ratio:.2f}" for name, ratio in ratios.items()))
+
+
+def step_cost(objectives) -> tuple[int, float]:
+    """(input tokens, model FLOPs) of one step of these objectives."""
+    return (sum(o.tokens_per_step() for o in objectives),
+            sum(sum(o.flops().values()) for o in objectives))
 
 
 if __name__ == "__main__":

@@ -61,9 +61,15 @@ def plan_corpus(data_config, num_shards: int) -> CorpusPlan:
     files = getattr(data_config, "files", "")
     prepared = getattr(data_config, "prepared_corpus", "")
     tfds_names = getattr(data_config, "tfds_datasets", "")
+    wanted = _wanted_languages(data_config)
     if not (corpus_dir or files or prepared or tfds_names):
         from xlm_jax.data.gettext_corpus import read_gettext_catalogs
-        corpus = read_gettext_catalogs(min_languages=data_config.min_languages)
+        corpus = read_gettext_catalogs(min_languages=0 if wanted else data_config.min_languages)
+        if wanted:
+            _check_present(wanted, corpus.mono, corpus.origin)
+            corpus = sources.Corpus({lang: s for lang, s in corpus.mono.items() if lang in wanted},
+                                    {pair: p for pair, p in corpus.parallel.items() if set(pair) <= wanted},
+                                    f"{corpus.origin}, languages {', '.join(sorted(wanted))} (data.languages)")
         return CorpusPlan(num_shards, [], sorted(corpus.mono), corpus.origin, data_config, gettext=corpus)
     texts, tables, origins = [], [], []
     if corpus_dir:
@@ -99,25 +105,49 @@ def plan_corpus(data_config, num_shards: int) -> CorpusPlan:
         for i, (source, _) in enumerate(opened["datasets"]):
             units["mono"].append(Unit("tfds", f"{source.name}@{source.split}", (source.lang,), index=i))
     ordered = units["mono"] + units["pairs"]
+    if wanted:   # a pair file is read only when both of its languages are wanted
+        _check_present(wanted, {lang for unit in ordered for lang in unit.langs}, " + ".join(origins))
+        ordered = [unit for unit in ordered if set(unit.langs) <= wanted]
+        origins.append(f"languages {', '.join(sorted(wanted))} (data.languages)")
     languages = sorted({lang for unit in ordered for lang in unit.langs})
     return CorpusPlan(num_shards, ordered, languages, " + ".join(origins), data_config, tfds=opened)
 
 
+def _wanted_languages(data_config) -> set[str]:
+    """`data.languages` as a set; empty: every language of the sources."""
+    return {lang.strip() for lang in getattr(data_config, "languages", "").split(",") if lang.strip()}
+
+
+def _check_present(wanted: set[str], available, origin: str) -> None:
+    missing = sorted(wanted - set(available))
+    if missing:
+        raise DataError(f"config field `data.languages`: {', '.join(missing)} not in {origin}; its languages: "
+                        f"{', '.join(sorted(available))}")
+
+
+def plan_pairs(plan: CorpusPlan) -> list[tuple[str, str]]:
+    """Every (src, tgt) some unit may hold translation pairs of, sorted: the same on every process."""
+    if plan.gettext is not None:
+        return sorted(pair for pair, rows in plan.gettext.parallel.items() if rows)
+    return sorted({unit.langs for unit in plan.units if len(unit.langs) == 2})
+
+
 def read_shards(plan: CorpusPlan, shards, reader: sources.Reader, *, limit: int | None = None,
-                languages: set[str] | None = None) -> tuple[dict[int, sources.Corpus], np.ndarray]:
+                languages: set[str] | None = None,
+                pairs: set[tuple[str, str]] | None = None) -> tuple[dict[int, sources.Corpus], np.ndarray]:
     """({shard: its Corpus}, int64 [units, COUNT_COLUMNS]: what reading each unit's parts did).
 
     `limit` reads the first `limit` rows of each part only: a language's first k <= limit
-    sentences in a shard are then the same as with all of them. `languages` reads only the
-    units of those languages.
+    sentences in a shard are then the same as with all of them. `languages` and `pairs`
+    read only the units of those languages (any side) or of those (src, tgt) pairs.
     """
     counts = np.zeros((len(plan.units), COUNT_COLUMNS), np.int64)
     if plan.gettext is not None:
         return {s: _gettext_shard(plan, s, limit) for s in shards}, counts
     texts = {s: {} for s in shards}
-    pairs = {s: {} for s in shards}
+    parallel = {s: {} for s in shards}
     for u, unit in enumerate(plan.units):
-        if languages is not None and languages.isdisjoint(unit.langs):
+        if not _wanted(unit, languages, pairs):
             continue
         for s in shards:
             part = unit.part(s, plan.num_shards)
@@ -126,8 +156,15 @@ def read_shards(plan: CorpusPlan, shards, reader: sources.Reader, *, limit: int 
             rows = _read_part(plan, unit, part, reader, limit)
             stats = reader.stats[-1]
             counts[u] += [stats.lines, stats.kept, *(stats.skipped.get(r, [0])[0] for r in sources.SKIP_REASONS)]
-            (pairs if len(unit.langs) == 2 else texts)[s].setdefault(unit.langs, []).extend(rows)
-    return {s: _assemble(plan, s, texts[s], pairs[s]) for s in shards}, counts
+            (parallel if len(unit.langs) == 2 else texts)[s].setdefault(unit.langs, []).extend(rows)
+    return {s: _assemble(plan, s, texts[s], parallel[s]) for s in shards}, counts
+
+
+def _wanted(unit: Unit, languages: set[str] | None, pairs: set[tuple[str, str]] | None) -> bool:
+    """Does read_shards read this unit: no filter, or one of its languages or its pair asked for."""
+    if languages is None and pairs is None:
+        return True
+    return bool(languages and not languages.isdisjoint(unit.langs)) or bool(pairs and unit.langs in pairs)
 
 
 def _read_part(plan: CorpusPlan, unit: Unit, part: Part, reader: sources.Reader, limit: int | None) -> list:

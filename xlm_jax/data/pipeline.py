@@ -1,13 +1,20 @@
-"""This process's shards -> tokenizer -> packed blocks once per run, then stateless, resumable MLM batches.
+"""This process's shards -> tokenizer -> packed blocks (and tokenized translation pairs) once
+per run, then stateless, resumable batches of every stream (xlm_jax.data.streams).
 
-Row j of step t's global batch belongs to shard s = j * S // B (xlm_jax.data.shards); it
-is example k = t * B / S + (j - the shard's first row) of that shard's stream, a pure
-function of (train.seed, s, k) and the shard's data: its language, block and mask come
-from stateless TF random ops keyed on (s, k). So a resumed run sees exactly the batches it
-would have seen, and any number of processes dividing S builds the same global batches,
-each process from the shards it read.
+Row j of step t's global batch of stream o (B_o rows) belongs to shard s = j * S // B_o
+(xlm_jax.data.shards); it is example k = t * B_o / S + (j - the shard's first row) of that
+shard's stream o, a pure function of (train.seed, o, s, k) and the shard's data: its
+language (or language pair), block (or pair), direction and mask come from stateless TF
+random ops keyed on (s, k) under stream o's keys. So a resumed run sees exactly the batches
+it would have seen, any number of processes dividing S builds the same global batches, each
+process from the shards it read, and adding a stream changes no other stream's rows. The
+stream named "mlm" of kind "blocks" keeps the keys of the MLM-only pipeline (its batches
+are those of earlier runs); every other stream's keys derive from its name.
 """
 import dataclasses
+import functools
+import itertools
+import zlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -15,15 +22,41 @@ import tensorflow as tf
 
 from xlm_jax.data.examples import pack_text
 from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, token_counts, word_start_table
-from xlm_jax.data.sampling import language_probs, sampling_table
+from xlm_jax.data.sampling import language_probs, sampling_table, temperature_probs
 from xlm_jax.data.shards import row_shard
-from xlm_jax.data.text import EVAL_DIVISOR, CorpusText, Processes, read_text, tokenizer_text
+from xlm_jax.data.streams import PAIR_KINDS, StreamSpec, check_schedule, check_streams
+from xlm_jax.data.text import EVAL_DIVISOR, MIN_SHARD_SENTENCES, CorpusText, Processes, read_text, tokenizer_text
 from xlm_jax.data.tokenizers import (ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer, tokenizer_kind,
                                      tokenizer_path, train_sentencepiece)
-from xlm_jax.errors import ConfigError
+from xlm_jax.errors import ConfigError, DataError
 
 _SAMPLE_STREAM, _MASK_STREAM, _EVAL_STREAM = 0, 1, 2
 _EVAL_SEED = 20_200_101      # fixed, not train.seed: runs with different seeds see the same eval batches
+
+
+@dataclasses.dataclass(frozen=True)
+class PairTable:
+    """One shard's translation pairs of one language pair, tokenized and ragged: side k (0 = src,
+    1 = tgt) of pair i is tokens[offsets[2i + k]:offsets[2i + k + 1]]. Sides are cut to
+    seq_len - 2 tokens, the most any layout keeps (examples.xlco_pair; tlm_example keeps less)."""
+    tokens: np.ndarray    # int32 [T]
+    offsets: np.ndarray   # int64 [2N + 1]
+
+    def __len__(self) -> int:
+        return (len(self.offsets) - 1) // 2
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, middle, end = self.offsets[2 * i:2 * i + 3]
+        return self.tokens[start:middle], self.tokens[middle:end]
+
+
+def pair_table(tokenizer: Tokenizer, rows: list[tuple[str, str]], max_side: int) -> PairTable:
+    """PairTable of (src, tgt) sentence pairs, each side encoded and cut to max_side tokens."""
+    sides = [ids[:max_side] for ids in tokenizer.encode([side for row in rows for side in row])]
+    offsets = np.zeros(len(sides) + 1, np.int64)
+    np.cumsum([len(ids) for ids in sides], out=offsets[1:])
+    tokens = np.concatenate(sides).astype(np.int32, copy=False) if sides else np.zeros(0, np.int32)
+    return PairTable(tokens, offsets)
 
 
 @dataclasses.dataclass
@@ -40,16 +73,28 @@ class PretrainData:
     evaluated: list[str]                 # languages with held-out text in every shard (replicated: at all)
     replicated: list[str] = dataclasses.field(default_factory=list)
     token_counts: np.ndarray | None = None   # [vocab] of all shards' training blocks, for data.mask_sample_alpha
+    # Translation pairs, for the "tlm" and "pairs" streams (prepare_data(pairs=True)); all training.
+    pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (src, tgt), sorted
+    pair_probs: list[float] = dataclasses.field(default_factory=list)       # q_i aligned with pairs
+    pair_counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)   # over all shards
+    train_pairs: list[list[PairTable]] = dataclasses.field(default_factory=list)   # [pair][shard - shards.start]
+    replicated_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (its table in each)
 
 
 def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print, *,
-                 processes: Processes = Processes(), text: CorpusText | None = None) -> PretrainData:
+                 processes: Processes = Processes(), text: CorpusText | None = None,
+                 pairs: bool = False) -> PretrainData:
     """Reads this process's shards (unless `text` is given), gets the tokenizer (process 0 trains
-    it, or everyone loads it from workdir) and packs blocks; every process calls it together."""
+    it, or everyone loads it from workdir) and packs blocks; every process calls it together.
+    With `pairs`, also tokenizes the translation pairs of its shards, for the TLM and pair
+    streams (`text`, if given, must come from read_text(..., pairs=True))."""
     d = config.data
     if text is None:
-        text = read_text(config, processes, log)
+        text = read_text(config, processes, log, pairs=pairs)
+    if pairs:
+        _check_pairs(text)
     languages = text.languages
+    _check_language_embeddings(config, languages)
     counts, probs = text.sentence_probs()
     # Token counts need the tokenizer: one trained for a "tokens" run samples its training
     # sentences by these sentence-count q_i.
@@ -83,7 +128,52 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     return PretrainData(languages=languages, probs=[probs[lang] for lang in languages], counts=counts,
                         tokenizer=tokenizer, num_shards=text.plan.num_shards, shards=text.shards,
                         train_blocks=train_blocks, eval_blocks=eval_blocks, evaluated=evaluated,
-                        replicated=list(text.replicated), token_counts=totals.get("token_counts"))
+                        replicated=list(text.replicated), token_counts=totals.get("token_counts"),
+                        **(_prepare_pairs(text, tokenizer, config, log) if pairs else {}))
+
+
+def _check_pairs(text: CorpusText) -> None:
+    if text.parallel is None:
+        raise ValueError("prepare_data(pairs=True) needs the text read with read_text(..., pairs=True)")
+    if not text.pairs:
+        raise DataError(f"{text.origin} holds no translation pairs, which the TLM and pair streams read; "
+                        "pairs come from <src>-<tgt>.tsv files (source<TAB>target a line) in data.corpus_dir "
+                        "or data.files, from the <src>-<tgt> splits of a data.prepared_corpus, or from the "
+                        "built-in gettext corpus (no data source set)")
+
+
+def _check_language_embeddings(config, languages: list[str]) -> None:
+    """XLM's language embeddings need a row per corpus language (language ids index data.languages)."""
+    n = config.model.num_languages
+    if 0 < n < len(languages):
+        raise ConfigError(f"config field `model.num_languages`: got {n}, but the corpus has {len(languages)} "
+                          f"languages ({', '.join(languages)}); set --config.model.num_languages="
+                          f"{len(languages)} (or 0 for no language embeddings)")
+
+
+def _prepare_pairs(text: CorpusText, tokenizer: Tokenizer, config, log) -> dict:
+    """PretrainData's pair fields: n_i = translation pairs over all shards, q_i by data.alpha as
+    over languages, and this process's tokenized pairs (a replicated pair's tokenized once)."""
+    counts = dict(zip(text.pairs, text.pair_sentences.sum(1).tolist()))
+    named = {f"{src}-{tgt}": n for (src, tgt), n in counts.items()}
+    probs = temperature_probs(named, config.data.alpha)
+    max_side = config.data.seq_len - 2
+
+    def tables(pair) -> list[PairTable]:
+        shards = text.parallel[pair]
+        if pair in text.replicated_pairs:
+            return [pair_table(tokenizer, shards[0], max_side)] * len(shards)
+        return [pair_table(tokenizer, rows, max_side) for rows in shards]
+
+    log(f"language-pair sampling (alpha={config.data.alpha}, n_i in translation pairs; TLM and pair streams):\n"
+        + sampling_table(named, probs, unit="pairs", label="pair"))
+    replicated = ", ".join(f"{src}-{tgt}" for src, tgt in text.replicated_pairs)
+    note = (f"; replicated (fewer than {MIN_SHARD_SENTENCES} pairs in some shard, read whole by every process): "
+            f"{replicated}" if replicated else "")
+    log(f"translation pairs: {sum(counts.values()):,} in {len(counts)} language pairs over "
+        f"{text.plan.num_shards} shards{note}")
+    return dict(pairs=list(text.pairs), pair_probs=[probs[name] for name in named], pair_counts=counts,
+                train_pairs=[tables(pair) for pair in text.pairs], replicated_pairs=list(text.replicated_pairs))
 
 
 def _global_totals(text: CorpusText, train_blocks, eval_blocks, tokenizer, processes: Processes,
@@ -156,9 +246,9 @@ def _masker(data: PretrainData, config) -> Callable[[tf.Tensor, tf.Tensor], dict
     return lambda tokens, seed: mask_example(tokens, seed, **settings)
 
 
-def _rows(data: PretrainData, config) -> tuple[int, int, int]:
-    """(rows this process builds of each global batch, its first row, rows per shard)."""
-    per_shard = config.train.batch_size // data.num_shards
+def _rows(data: PretrainData, batch_size: int) -> tuple[int, int, int]:
+    """(rows this process builds of each global batch of batch_size rows, its first row, rows per shard)."""
+    per_shard = batch_size // data.num_shards
     return len(data.shards) * per_shard, data.shards.start * per_shard, per_shard
 
 
@@ -167,16 +257,21 @@ def _example_key(key: tf.Tensor, shard, index) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, shard), index)
 
 
-def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The global shape and dtype of each array of a train batch (what train_batches yields,
-    all processes' rows together): for compiling the step ahead of time without data."""
-    d, b = config.data, config.train.batch_size
-    slots = max_predictions(d.seq_len, d.mask_prob, d.whole_word_mask)
-    return {"input_ids": ((b, d.seq_len), np.dtype(np.int32)),
-            "masked_positions": ((b, slots), np.dtype(np.int32)),
-            "masked_ids": ((b, slots), np.dtype(np.int32)),
-            "masked_weights": ((b, slots), np.dtype(np.float32)),
-            "language": ((b,), np.dtype(np.int32))}
+def _stream_keys(spec: StreamSpec, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(sampling key, masking key) of a stream: the MLM-only pipeline's for the stream "mlm" of
+    blocks, so its batches stay those of earlier runs; else folded with the CRC-32 of the name."""
+    sample_key, mask_key = tf.constant([seed, _SAMPLE_STREAM], tf.int64), tf.constant([seed, _MASK_STREAM], tf.int64)
+    if (spec.name, spec.kind) == ("mlm", "blocks"):
+        return sample_key, mask_key
+    tag = tf.constant(zlib.crc32(spec.name.encode("utf-8")), tf.int64)
+    return (tf.random.experimental.stateless_fold_in(sample_key, tag),
+            tf.random.experimental.stateless_fold_in(mask_key, tag))
+
+
+def _categorical(cdf: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """int32 index i with probability cdf[i] - cdf[i - 1]."""
+    u = tf.random.stateless_uniform([], seed, dtype=tf.float64)
+    return tf.minimum(tf.searchsorted(cdf, u[None], side="right")[0], cdf.shape[0] - 1)
 
 
 def _numpy_batches(dataset: tf.data.Dataset, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -186,50 +281,218 @@ def _numpy_batches(dataset: tf.data.Dataset, local_batch: int) -> Iterator[dict[
     return dataset.with_options(options).as_numpy_iterator()
 
 
-def train_batches(data: PretrainData, config, *, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite MLM batches of this process from start_step on: input_ids, masked_*, language.
+class _Tables:
+    """The CPU variables the streams of one train_batches call gather from, each built on first use
+    and shared by the streams of its kind: in variables, not in the graph (which caps at 2 GB)."""
 
-    Row j of a step is example k of shard s (module doc): language ~ Categorical(q), block ~
-    Uniform over the shard's blocks of that language (all of a replicated language's), with
-    replacement (fairseq's resampling); blocks live in one CPU variable, not in the graph
-    (which caps at 2 GB).
+    def __init__(self, data: PretrainData):
+        self.data = data
+
+    @functools.cached_property
+    def blocks(self) -> tuple[tf.Variable, tf.Tensor, tf.Tensor]:
+        """(every own block [N, seq_len], first block and block count of each (language, own shard))."""
+        tables, where, stored = [], {}, 0
+        offsets = np.zeros((len(self.data.languages), len(self.data.shards)), np.int64)    # [language, own shard]
+        sizes = np.zeros_like(offsets)
+        for i, shards in enumerate(self.data.train_blocks):
+            for j, blocks in enumerate(shards):
+                if id(blocks) not in where:     # a replicated language's blocks are stored once
+                    where[id(blocks)], stored = stored, stored + len(blocks)
+                    tables.append(blocks)
+                offsets[i, j], sizes[i, j] = where[id(blocks)], len(blocks)
+        with tf.device("/CPU:0"):
+            table = tf.Variable(np.concatenate(tables), trainable=False, name="train_blocks")
+        return table, tf.constant(offsets.ravel()), tf.constant(sizes.ravel())
+
+    @functools.cached_property
+    def pairs(self) -> tuple[tf.Variable, tf.Variable, tf.Tensor, tf.Tensor]:
+        """(every own pair's tokens, flat; side offsets [2R + 1] of the R pairs, all tables in a row;
+        first pair and pair count of each (language pair, own shard)): PairTable's layout, joined."""
+        tokens, offsets, where, rows, stored = [], [], {}, 0, 0
+        first = np.zeros((len(self.data.pairs), len(self.data.shards)), np.int64)   # [language pair, own shard]
+        sizes = np.zeros_like(first)
+        for i, shards in enumerate(self.data.train_pairs):
+            for j, table in enumerate(shards):
+                if id(table) not in where:     # a replicated pair's table is stored once
+                    where[id(table)], rows = rows, rows + len(table)
+                    tokens.append(table.tokens)
+                    offsets.append(table.offsets[:-1] + stored)
+                    stored += len(table.tokens)
+                first[i, j], sizes[i, j] = where[id(table)], len(table)
+        with tf.device("/CPU:0"):
+            token_table = tf.Variable(np.concatenate(tokens), trainable=False, name="train_pair_tokens")
+            offset_table = tf.Variable(np.concatenate(offsets + [[stored]]), trainable=False, name="train_pair_offsets")
+        return token_table, offset_table, tf.constant(first.ravel()), tf.constant(sizes.ravel())
+
+
+def train_batches(data: PretrainData, config, *, start_step: int, streams: list[StreamSpec] | None = None,
+                  schedule: str = "sum") -> Iterator[dict[str, dict[str, np.ndarray]]]:
+    """Infinite batches of this process from step counter start_step on: {stream name: {field:
+    this process's rows}} (fields: streams.stream_fields).
+
+    streams defaults to MLM alone, [StreamSpec("mlm", "blocks", train.batch_size)]. schedule
+    "sum": every stream every step (InfoXLM); "alternate": only stream c % len(streams) at
+    step counter c (XLM). Either way a stream's rows at counter c are the same (module doc).
     """
-    local_batch, first_row, per_shard = _rows(data, config)
-    tables, where, stored = [], {}, 0
-    offsets = np.zeros((len(data.languages), len(data.shards)), np.int64)    # [language, own shard]
-    sizes = np.zeros_like(offsets)
-    for i, shards in enumerate(data.train_blocks):
-        for j, blocks in enumerate(shards):
-            if id(blocks) not in where:     # a replicated language's blocks are stored once
-                where[id(blocks)], stored = stored, stored + len(blocks)
-                tables.append(blocks)
-            offsets[i, j], sizes[i, j] = where[id(blocks)], len(blocks)
-    with tf.device("/CPU:0"):
-        table = tf.Variable(np.concatenate(tables), trainable=False, name="train_blocks")
-    offsets, sizes = tf.constant(offsets.ravel()), tf.constant(sizes.ravel())
-    cdf = tf.constant(np.cumsum(data.probs), tf.float64)
-    seed, first_shard, num_languages = config.train.seed, data.shards.start, len(data.languages)
-    batch = config.train.batch_size
-    sample_key = tf.constant([seed, _SAMPLE_STREAM], tf.int64)
-    mask_key = tf.constant([seed, _MASK_STREAM], tf.int64)
-    mask = _masker(data, config)
+    specs = [StreamSpec("mlm", "blocks", config.train.batch_size)] if streams is None else list(streams)
+    check_streams(specs, data.num_shards, data.num_shards // len(data.shards))
+    check_schedule(schedule)
+    for spec in specs:
+        if spec.kind in PAIR_KINDS and not data.pairs:
+            raise ValueError(f"stream {spec.name!r} ({spec.kind}) reads translation pairs: prepare_data(..., "
+                             f"pairs=True)")
+    every = 1 if schedule == "sum" else len(specs)
+    tables = _Tables(data)
+    batches = {}
+    for o, spec in enumerate(specs):   # stream o's first step counter at or after start_step
+        first_step = start_step + (o - start_step) % every
+        batches[spec.name] = _stream_batches(data, config, spec, tables, first_step, every)
+    return _scheduled(batches, start_step, every)
+
+
+def _scheduled(batches: dict[str, Iterator], start_step: int, every: int) -> Iterator[dict[str, dict]]:
+    names = list(batches)
+    for counter in itertools.count(start_step):
+        active = names if every == 1 else [names[counter % every]]
+        yield {name: next(batches[name]) for name in active}
+
+
+def _stream_batches(data: PretrainData, config, spec: StreamSpec, tables: _Tables, first_step: int,
+                    stride: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of one stream at step counters first_step, first_step + stride, ..."""
+    local_batch, first_row, per_shard = _rows(data, spec.batch_size)
+    build = {"blocks": _block_examples, "tlm": _tlm_examples, "pairs": _pair_examples}[spec.kind](
+        data, config, spec, tables)
 
     def example(local_index):
-        step, row = local_index // local_batch, first_row + local_index % local_batch
-        shard, index = row_shard(row, batch, data.num_shards), step * per_shard + row % per_shard
+        step = first_step + local_index // local_batch * stride
+        row = first_row + local_index % local_batch
+        shard = row_shard(row, spec.batch_size, data.num_shards)
+        return build(shard, step * per_shard + row % per_shard)
+
+    counters = tf.data.Dataset.range(np.iinfo(np.int64).max)
+    return _numpy_batches(counters.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+                          local_batch)
+
+
+def _block_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
+    """(shard, index) -> a masked MLM example: language ~ Categorical(q), block ~ Uniform over the
+    shard's blocks of that language (all of a replicated language's), with replacement
+    (fairseq's resampling)."""
+    table, offsets, sizes = tables.blocks
+    cdf = tf.constant(np.cumsum(data.probs), tf.float64)
+    sample_key, mask_key = _stream_keys(spec, config.train.seed)
+    mask, own, first_shard = _masker(data, config), len(data.shards), data.shards.start
+    language_ids = config.model.num_languages > 0
+
+    def build(shard, index):
         language_seed, block_seed = tf.unstack(tf.random.experimental.stateless_split(
             _example_key(sample_key, shard, index), num=2))
-        u = tf.random.stateless_uniform([], language_seed, dtype=tf.float64)
-        language = tf.minimum(tf.searchsorted(cdf, u[None], side="right")[0], num_languages - 1)
-        cell = tf.cast(language, tf.int64) * len(data.shards) + shard - first_shard
+        language = _categorical(cdf, language_seed)
+        cell = tf.cast(language, tf.int64) * own + shard - first_shard
         block = tf.random.stateless_uniform([], block_seed, minval=0, maxval=sizes[cell], dtype=tf.int64)
         out = mask(tf.gather(table, offsets[cell] + block), _example_key(mask_key, shard, index))
         out["language"] = tf.cast(language, tf.int32)
+        if language_ids:
+            out["language_ids"] = tf.fill([config.data.seq_len], out["language"])
         return out
 
-    counters = tf.data.Dataset.range(start_step * local_batch, np.iinfo(np.int64).max)
-    return _numpy_batches(counters.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
-                          local_batch)
+    return build
+
+
+def _pair_draw(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
+    """(shard, index) -> (first side's ids, second side's ids, their language indices): language
+    pair ~ Categorical(pair q), pair ~ Uniform over the shard's pairs of it (all of a replicated
+    pair's), then src -> tgt or tgt -> src by a fair coin (both directions, as XLM and InfoXLM)."""
+    tokens, offsets, firsts, sizes = tables.pairs
+    cdf = tf.constant(np.cumsum(data.pair_probs), tf.float64)
+    sides = tf.constant([[data.languages.index(lang) for lang in pair] for pair in data.pairs], tf.int32)
+    sample_key, _ = _stream_keys(spec, config.train.seed)
+    own, first_shard = len(data.shards), data.shards.start
+
+    def draw(shard, index):
+        pair_seed, row_seed, direction_seed = tf.unstack(tf.random.experimental.stateless_split(
+            _example_key(sample_key, shard, index), num=3))
+        pair = _categorical(cdf, pair_seed)
+        cell = tf.cast(pair, tf.int64) * own + shard - first_shard
+        row = firsts[cell] + tf.random.stateless_uniform([], row_seed, minval=0, maxval=sizes[cell], dtype=tf.int64)
+        start, middle, end = tf.unstack(tf.gather(offsets, 2 * row + tf.range(3, dtype=tf.int64)))
+        swap = tf.random.stateless_uniform([], direction_seed, minval=0, maxval=2, dtype=tf.int32) > 0
+        first = tf.gather(tokens, tf.range(tf.where(swap, middle, start), tf.where(swap, end, middle)))
+        second = tf.gather(tokens, tf.range(tf.where(swap, start, middle), tf.where(swap, middle, end)))
+        src_language, tgt_language = tf.unstack(sides[pair])
+        return (first, second, tf.where(swap, tgt_language, src_language),
+                tf.where(swap, src_language, tgt_language))
+
+    return draw
+
+
+def _tlm_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
+    """(shard, index) -> a drawn pair as a masked TLM sequence (tlm_layout), masked over both sides
+    by the blocks' masker."""
+    draw, mask = _pair_draw(data, config, spec, tables), _masker(data, config)
+    _, mask_key = _stream_keys(spec, config.train.seed)
+    language_ids = config.model.num_languages > 0
+
+    def build(shard, index):
+        first, second, first_language, second_language = draw(shard, index)
+        layout = tlm_layout(first, second, config.data.seq_len, data.tokenizer, positions=spec.positions,
+                            position_offset=config.model.position_offset, src_lang=first_language,
+                            tgt_lang=second_language)
+        out = mask(layout["input_ids"], _example_key(mask_key, shard, index))
+        out["position_ids"], out["language"] = layout["position_ids"], first_language
+        if language_ids:
+            out["language_ids"] = layout["language_ids"]
+        return out
+
+    return build
+
+
+def _pair_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
+    """(shard, index) -> a drawn pair's sides, each alone as `<s> x </s>` (single_layout)."""
+    draw = _pair_draw(data, config, spec, tables)
+
+    def build(shard, index):
+        first, second, first_language, second_language = draw(shard, index)
+        return {"src_ids": single_layout(first, config.data.seq_len, data.tokenizer),
+                "tgt_ids": single_layout(second, config.data.seq_len, data.tokenizer),
+                "src_language": first_language, "tgt_language": second_language}
+
+    return build
+
+
+def fair_lengths(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """examples._fair_lengths in TF ops: the kept lengths of two sides sharing `budget` tokens."""
+    half_b = budget // 2
+    half_a = budget - half_b
+    fits, short_a, short_b = len_a + len_b <= budget, len_a <= half_a, len_b <= half_b
+    keep_a = tf.where(fits | short_a, len_a, tf.where(short_b, budget - len_b, half_a))
+    keep_b = tf.where(fits, len_b, tf.where(short_a, budget - len_a, tf.where(short_b, len_b, half_b)))
+    return keep_a, keep_b
+
+
+def tlm_layout(src_ids: tf.Tensor, tgt_ids: tf.Tensor, seq_len: int, tok, *, positions: str, position_offset: int,
+               src_lang, tgt_lang) -> dict[str, tf.Tensor]:
+    """examples.tlm_example in TF ops (the same layout, truncation, positions and language ids),
+    for tf.data: int32 [seq_len] input_ids, position_ids, language_ids."""
+    keep_src, keep_tgt = fair_lengths(tf.size(src_ids), tf.size(tgt_ids), seq_len - 4)
+    ids = tf.concat([[tok.bos_id], src_ids[:keep_src], [tok.eos_id, tok.eos_id], tgt_ids[:keep_tgt],
+                     [tok.eos_id]], axis=0)
+    first, used = keep_src + 2, keep_src + keep_tgt + 4      # <s> src </s> | </s> tgt </s>
+    ids = tf.reshape(tf.pad(ids, [[0, seq_len - used]], constant_values=tok.pad_id), [seq_len])
+    i = tf.range(seq_len)
+    padding = position_offset - 1 if position_offset else 0
+    counted = i if positions == "continuous" else tf.where(i < first, i, i - first)
+    position_ids = tf.where(i < used, position_offset + counted, padding)
+    language_ids = tf.where((i >= first) & (i < used), tgt_lang, src_lang)
+    return {"input_ids": ids, "position_ids": position_ids, "language_ids": language_ids}
+
+
+def single_layout(ids: tf.Tensor, seq_len: int, tok) -> tf.Tensor:
+    """One side of examples.xlco_pair in TF ops: `<s> x </s>` cut to seq_len - 2 tokens, padded; int32 [seq_len]."""
+    body = ids[:seq_len - 2]
+    out = tf.concat([[tok.bos_id], body, [tok.eos_id]], axis=0)
+    return tf.reshape(tf.pad(out, [[0, seq_len - 2 - tf.size(body)]], constant_values=tok.pad_id), [seq_len])
 
 
 def eval_batches(data: PretrainData, config, language_index: int) -> list[dict[str, np.ndarray]]:
@@ -237,11 +500,12 @@ def eval_batches(data: PretrainData, config, language_index: int) -> list[dict[s
 
     Row j of eval batch b is example k = b * B / S + (j - the shard's first row) of its shard
     s: block k of the shard's held-out blocks (cycled), or, for a replicated language, block
-    b * B + j of all its held-out blocks; masked keyed on (s, k).
+    b * B + j of all its held-out blocks; masked keyed on (s, k). The fields of a "blocks" stream
+    (streams.stream_fields), language_ids included when model.num_languages > 0.
     """
     if data.languages[language_index] not in data.evaluated:
         return []
-    local_batch, first_row, per_shard = _rows(data, config)
+    local_batch, first_row, per_shard = _rows(data, config.train.batch_size)
     batch, replicated = config.train.batch_size, data.languages[language_index] in data.replicated
     tokens, shards, indices = [], [], []
     for b in range(config.data.eval_batches):
@@ -258,6 +522,8 @@ def eval_batches(data: PretrainData, config, language_index: int) -> list[dict[s
     def example(row_tokens, shard, index):
         out = mask(row_tokens, _example_key(key, shard, index))
         out["language"] = tf.constant(language_index, tf.int32)
+        if config.model.num_languages > 0:
+            out["language_ids"] = tf.fill([config.data.seq_len], out["language"])
         return out
 
     rows = tf.data.Dataset.from_tensor_slices((np.stack(tokens), np.array(shards, np.int64),

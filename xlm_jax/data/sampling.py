@@ -4,7 +4,9 @@ alpha < 1 flattens the data distribution so low-resource languages are seen more
 often than their share of the text: XLM-R uses 0.3, XLM 0.5, mBERT 0.7. n_i counts
 sentences or tokens (`data.sampling_unit`). Optional per-language caps and floors
 (`data.language_caps`, `data.language_floors`, e.g. "en:0.2,sw:0.01") bound q_i; the
-other languages share the rest in proportion to their temperature q_i.
+other languages share the rest in proportion to their temperature q_i. Language pairs (the
+TLM and pair streams) are sampled the same way by their counts of translation pairs, with
+the same alpha and no bounds.
 """
 import math
 
@@ -12,7 +14,7 @@ from xlm_jax.errors import ConfigError, DataError
 
 
 def temperature_probs(counts: dict[str, int], alpha: float) -> dict[str, float]:
-    """Sampling probability of each language; alpha=1 is proportional, alpha=0 uniform."""
+    """Sampling probability of each language (or language pair); alpha=1 is proportional, alpha=0 uniform."""
     if not counts:
         raise DataError("no languages to sample from; the corpus is empty")
     empty = sorted(lang for lang, n in counts.items() if n <= 0)
@@ -107,13 +109,14 @@ def expected_epochs(probs: dict[str, float], blocks: dict[str, int], examples: i
 
 
 def sampling_table(counts: dict[str, int], probs: dict[str, float], *, unit: str = "sentences",
-                   blocks: dict[str, int] | None = None, examples: int = 0) -> str:
+                   blocks: dict[str, int] | None = None, examples: int = 0, label: str = "language") -> str:
     """Per language (most text first): n_i, data share p_i, sampling probability q_i and, given the
-    packed train blocks per language and the run's `examples` (steps * batch size), expected epochs."""
+    packed train blocks per language and the run's `examples` (steps * batch size), expected epochs.
+    `label` names what is sampled (e.g. "pair" for language pairs "en-sw")."""
     total = sum(counts.values())
     epochs = expected_epochs(probs, blocks, examples) if blocks is not None else None
-    width = max(8, *(len(lang) for lang in counts))
-    header = f"{'language':<{width}} {unit:>14} {'p_i':>8} {'q_i':>8}"
+    width = max(8, len(label), *(len(lang) for lang in counts))
+    header = f"{label:<{width}} {unit:>14} {'p_i':>8} {'q_i':>8}"
     lines = [header + (f" {'blocks':>10} {'epochs':>9}" if epochs else "")]
     for lang in sorted(counts, key=lambda lang: (-counts[lang], lang)):
         line = f"{lang:<{width}} {counts[lang]:>14,} {counts[lang] / total:>8.4f} {probs[lang]:>8.4f}"

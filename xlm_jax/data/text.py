@@ -10,6 +10,9 @@ whatever the process count; they depend on the data and S = `data.shards` only.
 - Replicated languages: a language with fewer than 10 sentences in some shard (too few to
   hold out a tenth or to pack well) is read whole by every process, and every shard samples
   from all of it; its last min(E, n / 10) sentences are held out.
+- Translation pairs (read_text(pairs=True), for the TLM and pair streams): all of a shard's
+  pairs are training pairs; a language pair with fewer than 10 pairs in some shard is
+  replicated as a small language is.
 - The tokenizer's training sample: the first training sentences of each of up to 64
   evenly spread shards of every language (all of a replicated one), read by whichever
   process trains the tokenizer, so the vocabulary does not depend on the process count.
@@ -20,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from xlm_jax.data.corpus import CorpusPlan, check_counts, plan_corpus, read_shards
+from xlm_jax.data.corpus import CorpusPlan, check_counts, plan_corpus, plan_pairs, read_shards
 from xlm_jax.data.sampling import language_probs
 from xlm_jax.data.shards import check_shards, owned_shards
 from xlm_jax.data.sources import Reader
@@ -89,6 +92,11 @@ class CorpusText:
     held_out: dict[str, list[list[str]]]
     origin: str
     reader: Reader                         # reads other shards for the tokenizer's sample
+    pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (src, tgt) with pairs, sorted
+    pair_sentences: np.ndarray | None = None   # int64 [pairs, S]: every shard's translation pairs
+    replicated_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # (src, tgt) -> per own shard (a replicated pair: all of it in each); None unless read_text(pairs=True)
+    parallel: dict[tuple[str, str], list[list[tuple[str, str]]]] | None = None
 
     def held_out_sizes(self, lang: str) -> np.ndarray:
         """Held-out sentences per shard; for a replicated language, [all of them]."""
@@ -122,27 +130,40 @@ def _flat(shards: list[list[str]]) -> list[str]:
     return [line for lines in shards for line in lines]
 
 
-def read_text(config, processes: Processes = Processes(), log: Callable[[str], None] = print) -> CorpusText:
-    """This process's shards of the corpus, split into training and held-out text (see the module doc)."""
+def read_text(config, processes: Processes = Processes(), log: Callable[[str], None] = print, *,
+              pairs: bool = False) -> CorpusText:
+    """This process's shards of the corpus, split into training and held-out text (see the module
+    doc); with `pairs`, also the translation pairs of its shards (CorpusText.parallel)."""
     d = config.data
     num_shards = check_shards(config, processes.count)
     own = owned_shards(processes.index, processes.count, num_shards)
     reader = Reader.from_config(d)
     plan = plan_corpus(d, num_shards)
     corpora, unit_counts = processes.agreed(lambda: read_shards(plan, own, reader))
-    local = np.zeros((len(plan.languages), num_shards), np.int64)
+    candidates = plan_pairs(plan)
+    local = np.zeros((len(plan.languages) + len(candidates), num_shards), np.int64)
     for s, corpus in corpora.items():
-        local[:, s] = [len(corpus.mono.get(lang, ())) for lang in plan.languages]
+        local[:, s] = ([len(corpus.mono.get(lang, ())) for lang in plan.languages]
+                       + [len(corpus.parallel.get(pair, ())) for pair in candidates])
     table = processes.sum(np.concatenate([unit_counts.ravel(), local.ravel()]))
     unit_counts, sentences = table[:unit_counts.size].reshape(unit_counts.shape), table[unit_counts.size:]
     sentences = sentences.reshape(local.shape)
+    sentences, pair_sentences = sentences[:len(plan.languages)], sentences[len(plan.languages):]
     languages, origin = check_counts(plan, unit_counts, dict(zip(plan.languages, sentences.sum(1))), reader)
     sentences = sentences[[plan.languages.index(lang) for lang in languages]]
     replicated = [lang for lang, row in zip(languages, sentences) if row.min() < MIN_SHARD_SENTENCES]
-    if replicated and len(own) < num_shards:
+    with_pairs = [i for i, row in enumerate(pair_sentences) if row.sum() > 0]
+    pair_names, pair_sentences = [candidates[i] for i in with_pairs], pair_sentences[with_pairs]
+    replicated_pairs = [pair for pair, row in zip(pair_names, pair_sentences) if row.min() < MIN_SHARD_SENTENCES]
+    if (replicated or (pairs and replicated_pairs)) and len(own) < num_shards:
         others = [s for s in range(num_shards) if s not in own]
-        corpora.update(read_shards(plan, others, reader.quiet(), languages=set(replicated))[0])
-    text = CorpusText(plan, own, languages, sentences, replicated, {}, {}, origin, reader)
+        corpora.update(read_shards(plan, others, reader.quiet(), languages=set(replicated),
+                                   pairs=set(replicated_pairs) if pairs else None)[0])
+    text = CorpusText(plan, own, languages, sentences, replicated, {}, {}, origin, reader,
+                      pair_names, pair_sentences, replicated_pairs)
+    if pairs:
+        text.parallel = {pair: _shard_pairs(corpora, pair, own, num_shards, pair in replicated_pairs)
+                         for pair in pair_names}
     for lang in languages:
         sizes = text.held_out_sizes(lang)
         if lang in replicated:
@@ -161,6 +182,14 @@ def read_text(config, processes: Processes = Processes(), log: Callable[[str], N
         + (f"; replicated (fewer than {MIN_SHARD_SENTENCES} sentences in some shard, read whole by every "
            f"process): {', '.join(replicated)}" if replicated else ""))
     return text
+
+
+def _shard_pairs(corpora, pair, own: range, num_shards: int, replicated: bool) -> list[list[tuple[str, str]]]:
+    """A language pair's translation pairs in each own shard; a replicated pair's whole set in each."""
+    if replicated:
+        whole = [row for s in range(num_shards) for row in corpora[s].parallel.get(pair, ())]
+        return [whole] * len(own)
+    return [corpora[s].parallel[pair] for s in own]
 
 
 def tokenizer_text(text: CorpusText, probs: dict[str, float], draws: int) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ vectors come back to the host, never every layer's token states. All batches are
 dispatched before the first result is fetched, so the host tokenizes and pads the next
 batch while the devices run the previous one.
 """
-import copy
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.evaluation.evaluator import EvalContext, Subject
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM, truncated
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, on_mesh
 
 LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -51,10 +50,6 @@ def token_rows(tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:
             for ids in tokenizer.encode(list(texts))]
 
 
-def _encoder_states(module: MaskedLM, input_ids, language_ids):
-    return module.encoder(input_ids, language_ids=language_ids, output_hidden_states=True)[1]
-
-
 class SentenceEncoder:
     """Pooled vectors of chosen layers for a model architecture on a mesh; any params of it.
 
@@ -79,15 +74,12 @@ class SentenceEncoder:
     def _make_pool_fn(self, layers: tuple[int, ...], pooling: str):
         pad_id, with_languages = self.tokenizer.pad_id, bool(self.config.num_languages)
         depth = max(max(layers), 1)
-        truncated = copy.deepcopy(self.config)
-        truncated.num_layers = depth
-        module = MaskedLM(truncated)
 
         def pool(params, ids, language_id):
             language_ids = jnp.full_like(ids, language_id) if with_languages else None
-            encoder = dict(params["encoder"], layers=jax.tree.map(lambda x: x[:depth], params["encoder"]["layers"]))
-            hidden = module.apply({"params": {**params, "encoder": encoder}}, ids, language_ids,
-                                  method=_encoder_states)
+            module, params = truncated(self.config, params, depth)
+            _, hidden = module.apply({"params": params}, ids, language_ids=language_ids,
+                                     method=MaskedLM.hidden_states)
             chosen = hidden[jnp.asarray(layers)].astype(jnp.float32)          # [k, B, S, H]
             if pooling == "first":
                 return chosen[:, :, 0]

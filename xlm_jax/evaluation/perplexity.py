@@ -28,7 +28,7 @@ from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation.encoding import LENGTH_BUCKETS, token_rows
 from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
 from xlm_jax.evaluation.inputs import read_lines
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, on_mesh
 
 ROW_TOKENS = 8192    # tokens of one batch of masked copies (rows x bucket length)

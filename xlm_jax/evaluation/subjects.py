@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from xlm_jax.data.tokenizers import load_tokenizer, tokenizer_from_hf_directory
 from xlm_jax.evaluation.evaluator import Subject
 from xlm_jax.interop.hf import import_hf
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import on_mesh
 from xlm_jax.train.checkpoints import load_config, restore_params
 

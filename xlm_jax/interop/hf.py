@@ -218,7 +218,7 @@ def _tensors(m, family: Family, body: str, has_head: bool) -> list[Tensor]:
 
 def _expected_shapes(m) -> dict[tuple, tuple]:
     """Param shapes in transformers' layout: the vocabulary at its true size, unpadded."""
-    from xlm_jax.models.heads import MaskedLM
+    from xlm_jax.models.masked_lm import MaskedLM
     unpadded = m.copy_and_resolve_references()
     unpadded.vocab_pad_multiple = 1
     ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)

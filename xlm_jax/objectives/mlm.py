@@ -1,7 +1,19 @@
-"""Masked-LM loss at the gathered prediction slots."""
+"""Masked LM on monolingual blocks (XLM-R's MMLM) and on translation pairs (XLM's TLM).
+
+Both predict the masked tokens of one sequence with the LM head, run only at the gathered
+prediction slots; TLM's sequence is a pair `<s> src </s></s> tgt </s>` masked over both
+sides, so a masked word can be read off its translation (data/streams.py builds it, with
+XLM's reset or InfoXLM's continuous positions and per-side language ids).
+"""
 import jax
 import jax.numpy as jnp
 import optax
+
+from xlm_jax.data.streams import StreamSpec
+from xlm_jax.models.masked_lm import gather_positions
+from xlm_jax.objectives.base import Objective, StepContext
+from xlm_jax.train import metrics as metrics_lib
+
 
 
 def mlm_loss_terms(logits: jax.Array, masked_ids: jax.Array, masked_weights: jax.Array) -> dict:
@@ -18,3 +30,36 @@ def mlm_loss_terms(logits: jax.Array, masked_ids: jax.Array, masked_weights: jax
         "correct": jnp.sum(hits * masked_weights),
         "count": jnp.sum(masked_weights),
     }
+
+
+class MaskedLanguageModel(Objective):
+    """XLM-R's multilingual masked LM on packed monolingual blocks; normalized by masked tokens."""
+    name = "mlm"
+    stream_kind = "blocks"
+
+    def normalizer(self, batch):
+        return jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
+
+    def loss_terms(self, ctx: StepContext, batch, extra):
+        hidden, _ = ctx.encode_batch(self.batch_name, batch)
+        logits = ctx.mlm_logits(gather_positions(hidden, batch["masked_positions"]))
+        return mlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"]), None
+
+    def metrics(self, terms, normalizer, step):
+        return {"loss": terms["loss_sum"] / normalizer, "accuracy": terms["correct"] / normalizer,
+                "masked_tokens": terms["count"]}
+
+    def flops(self):
+        d = self.config.data
+        per_token = 3 * metrics_lib.forward_flops_per_token(self.config.model, d.seq_len, d.mask_prob)
+        return {self.name: per_token * self.tokens_per_step()}
+
+
+class TranslationLanguageModel(MaskedLanguageModel):
+    """XLM's TLM: masked LM over a translation pair as one sequence (positions: `tlm.positions`)."""
+    name = "tlm"
+    stream_kind = "tlm"
+    OPTIONS = {"positions": "continuous"}   # "continuous" (InfoXLM) or "reset" (XLM; data/streams.py checks it)
+
+    def stream(self):
+        return StreamSpec(self.batch_name, self.stream_kind, self.batch_size, positions=self.options.positions)

@@ -41,9 +41,10 @@ class PreemptionFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def to_global(local_batch: dict, sharding) -> dict:
-    """This process' rows -> one global jax.Array per key, sharded over the mesh."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+def to_global(local_batch, sharding):
+    """This process' rows -> one global jax.Array per array (of a dict of batches, say), sharded
+    over the mesh."""
+    return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
 
 
 def process_zero_first(done: str, task):

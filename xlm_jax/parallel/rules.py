@@ -1,7 +1,8 @@
 """Logical-axis rules: how each named model axis is laid out on the mesh.
 
 Parameters and activations name their axes (`batch, length, embed, heads, kv, mlp,
-vocab, layers`); a preset below maps names to mesh axes (`data, fsdp, tensor`).
+vocab, layers`; `queue`, XLCo's negatives, is split like the batch that fills it); a
+preset below maps names to mesh axes (`data, fsdp, tensor`).
 Rules are tried in order and a mesh axis is used at most once per array, so an
 activation `(batch, length, embed)` keeps `embed` unsharded once `batch` has taken
 `fsdp`, while a weight `(embed, mlp)` shards `embed` over `fsdp`.
@@ -9,6 +10,7 @@ activation `(batch, length, embed)` keeps `embed` unsharded once `batch` has tak
 | logical | dp                     | fsdp             | fsdp_tp          |
 |---------|------------------------|------------------|------------------|
 | batch   | data, fsdp, tensor     | data, fsdp       | data, fsdp       |
+| queue   | data, fsdp, tensor     | data, fsdp       | data, fsdp       |
 | embed   | -                      | fsdp             | fsdp             |
 | heads   | -                      | -                | tensor           |
 | mlp     | -                      | -                | tensor           |
@@ -26,13 +28,16 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 PRESETS: dict[str, Rules] = {
     "dp": (
         ("batch", ("data", "fsdp", "tensor")),
+        ("queue", ("data", "fsdp", "tensor")),
     ),
     "fsdp": (
         ("batch", ("data", "fsdp")),
+        ("queue", ("data", "fsdp")),
         ("embed", "fsdp"),
     ),
     "fsdp_tp": (
         ("batch", ("data", "fsdp")),
+        ("queue", ("data", "fsdp")),
         ("heads", "tensor"),
         ("mlp", "tensor"),
         ("vocab", "tensor"),

@@ -8,26 +8,31 @@ traces, partitions and compiles here at its own batch, the program is the one th
 import jax
 
 from xlm_jax.config import validate
-from xlm_jax.data.pipeline import batch_spec
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.data.streams import batch_spec
+from xlm_jax.models.masked_lm import MaskedLM
+from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.parallel.mesh import batch_sharding, make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.checkpoints import abstract_with_shardings
 from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.run import check_batch_layout
 from xlm_jax.train.state import state_shardings
-from xlm_jax.train.step import make_train_step
+from xlm_jax.train.step import TrainStep
 
 
-def lower_train_step(config, devices=None) -> jax.stages.Lowered:
-    """`make_train_step` of `config` on a mesh of `devices` (default: all), lowered at the
-    config's global batch."""
+def lower_train_step(config, devices=None, languages=None) -> jax.stages.Lowered:
+    """The train step of `config` (every objective summed) on a mesh of `devices` (default:
+    all), lowered at each objective's global batch. `languages` (the corpus's) size the
+    language discriminator; without them it is sized as for two."""
     validate(config)
     mesh = make_mesh(config.mesh, devices)
     rules = logical_axis_rules(config.mesh.rules)
+    check_batch_layout(config, mesh, rules)
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    abstract_state, shardings = state_shardings(model, optimizer, config, mesh, rules)
+    objectives = build_objectives(config, languages or ["language_0", "language_1"])
+    abstract_state, shardings = state_shardings(model, objectives, optimizer, config, mesh, rules)
     rows = batch_sharding(mesh, rules)
-    batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
-             for name, (shape, dtype) in batch_spec(config).items()}
-    step = make_train_step(model, optimizer, config, mesh, rules, shardings, rows)
-    return step.lower(abstract_with_shardings(abstract_state, shardings), batch)
+    batches = {stream: {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for name, (shape, dtype) in spec.items()}
+               for stream, spec in batch_spec(streams(objectives), config).items()}
+    step = TrainStep(model, objectives, optimizer, config, mesh, rules, shardings, rows)
+    return step.jitted(tuple(sorted(batches))).lower(abstract_with_shardings(abstract_state, shardings), batches)

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from xlm_jax.config import with_defaults
 from xlm_jax.errors import CheckpointError
 from xlm_jax.jsonfiles import read_json_object
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import state_shardings
 
@@ -57,11 +57,12 @@ class Checkpoints:
         # simply never saves or deletes when read-only.
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
                                                enable_async_checkpointing=async_save, create=not read_only)
-        self._read_only = read_only
+        self._read_only, self._options = read_only, options
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": ocp.JsonCheckpointHandler()})
+        self._partial_reader = None   # reads a part of the state (restore(params_only=True))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -75,8 +76,11 @@ class Checkpoints:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
-    def restore(self, abstract_state, step: int | None = None, log=print):
+    def restore(self, abstract_state, step: int | None = None, log=print, params_only: bool = False):
         """(state, data-iterator state) of checkpoint `step`, or of the newest readable one.
+
+        `params_only`: abstract_state is {"step", "params"} of the model alone, and only those
+        are read (no optimizer or objective state; the objectives' heads are left out).
 
         `abstract_state` holds ShapeDtypeStructs carrying shardings. Raises CheckpointError
         if the checkpoint holds another model (a parameter missing, extra, or of another
@@ -89,14 +93,14 @@ class Checkpoints:
             if step not in self.steps():
                 raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; steps there: "
                                       f"{', '.join(map(str, self.steps())) or 'none'}")
-            restored, why = self._attempt(abstract_state, step)
+            restored, why = self._attempt(abstract_state, step, params_only)
             if why:
                 raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable ({why}); ask for "
                                       "another step, or for none to get the newest readable checkpoint")
             return restored
         damaged = []
         for candidate in reversed(self.steps()):
-            restored, why = self._attempt(abstract_state, candidate)
+            restored, why = self._attempt(abstract_state, candidate, params_only)
             if why is None:
                 if damaged:
                     self._set_aside([s for s, _ in damaged], log)
@@ -110,20 +114,31 @@ class Checkpoints:
                               "moved or deleted. Restore the files from a copy, or start over in a new "
                               "--workdir")
 
-    def _attempt(self, abstract_state, step: int):
+    def _attempt(self, abstract_state, step: int, params_only: bool):
         """(restored, None), or (None, why) if checkpoint `step` is unreadable. A CheckpointError
         (another model's checkpoint) is raised: that is not damage."""
         try:
-            return self._restore_step(abstract_state, step), None
+            return self._restore_step(abstract_state, step, params_only), None
         except CheckpointError:
             raise
         except Exception as error:  # orbax, tensorstore and json raise many types for bad files
             return None, why_unreadable(error)
 
-    def _restore_step(self, abstract_state, step: int):
-        self.check_compatible(abstract_state.params, step)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    def _restore_step(self, abstract_state, step: int, params_only: bool):
+        if not params_only:
+            self.check_compatible(abstract_state.params, step)
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            return restored.state, restored.data
+        self.check_compatible(abstract_state["params"], step, ignore=("objectives/",))
+        if self._partial_reader is None:   # the same files, read by the handler that can skip parts
+            self._partial_reader = ocp.CheckpointManager(
+                self.directory, options=self._options,
+                item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+        restored = self._partial_reader.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
+                                         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            data=ocp.args.JsonRestore()))
         return restored.state, restored.data
 
     def _set_aside(self, steps: list[int], log) -> None:
@@ -145,11 +160,16 @@ class Checkpoints:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("damaged checkpoints set aside")
         self._manager.reload()
+        if self._partial_reader is not None:
+            self._partial_reader.reload()
 
-    def check_compatible(self, abstract_params, step: int) -> None:
+    def check_compatible(self, abstract_params, step: int, ignore: tuple[str, ...] = ()) -> None:
+        """Raises CheckpointError unless the stored params are `abstract_params` (but for paths
+        starting with one of `ignore`)."""
         stored = self._manager.item_metadata(step).state
         stored = getattr(stored, "tree", stored)["params"]  # damaged metadata fails here: not an error of ours
         want, have = _flat_shapes(abstract_params), _flat_shapes(stored)
+        have = {path: shape for path, shape in have.items() if not path.startswith(ignore)}
         hint = ("the checkpoint was written by a run with a different model config; "
                 "use a new --workdir or the config that wrote it (see config.json there)")
         for path in sorted(set(want) | set(have)):
@@ -169,6 +189,8 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+        if self._partial_reader is not None:
+            self._partial_reader.close()
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -197,11 +219,15 @@ def load_config(workdir: str):
 
 def restore_params(config, workdir: str, mesh, rules, step: int | None = None, log=print):
     """(params, step) of checkpoint `step` (default: the newest readable) of a run directory,
-    sharded on `mesh` by `rules`, read-only; for evaluation and notebooks."""
-    abstract, shardings = state_shardings(MaskedLM(config.model), make_optimizer(config.train), config, mesh, rules)
+    sharded on `mesh` by `rules`, read-only; for evaluation and notebooks: the model's params
+    only, not the objectives' heads or state, nor the optimizer's."""
+    abstract, shardings = state_shardings(MaskedLM(config.model), [], make_optimizer(config.train), config,
+                                          mesh, rules)
+    target = abstract_with_shardings(abstract, shardings)
     checkpoints = Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False, read_only=True)
     try:
-        state, _ = checkpoints.restore(abstract_with_shardings(abstract, shardings), step, log=log)
+        state, _ = checkpoints.restore({"step": target.step, "params": target.params}, step, log=log,
+                                       params_only=True)
     finally:
         checkpoints.close()
-    return state.params, int(state.step)
+    return state["params"], int(state["step"])

@@ -17,7 +17,7 @@ from xlm_jax.parallel.multihost import PreemptionFlag, log, to_global
 from xlm_jax.train.checkpoints import save_config
 from xlm_jax.train.metrics_log import MetricsLog
 from xlm_jax.train.run import Run
-from xlm_jax.train.step import make_train_step
+from xlm_jax.train.step import TrainStep
 
 
 def train_and_evaluate(config, workdir: str) -> list[dict]:
@@ -27,12 +27,15 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
     if jax.process_index() == 0:  # only once the checkpoint is known to fit this config
         save_config(workdir, config)
     start_step = int(state.step)
-    train_step = make_train_step(run.model, run.optimizer, config, run.mesh, run.rules,
-                                 run.shardings, run.rows_sharding)
-    batches = train_batches(run.data, config, start_step=start_step)
-    metrics_log = MetricsLog(workdir, config, config.train.num_steps, run.data.languages, run.data.probs)
-    log(f"MFU counts {metrics_log.flops_per_token / 1e6:.1f} MFLOP per token; peak "
-        f"{metrics_log.peak_flops / 1e12:.3f} TFLOP/s ({metrics_log.peak_source})")
+    train_step = TrainStep(run.model, run.objectives, run.optimizer, config, run.mesh, run.rules,
+                           run.shardings, run.rows_sharding)
+    batches = train_batches(run.data, config, start_step=start_step, streams=run.streams,
+                            schedule=config.objective_schedule)
+    metrics_log = MetricsLog(workdir, config, config.train.num_steps, run.objectives, run.data.languages,
+                             run.data.probs)
+    flops = ", ".join(f"{part} {value / 1e9:.2f}" for o in run.objectives for part, value in o.flops().items())
+    log(f"MFU counts model GFLOP per step: {flops}; peak {metrics_log.peak_flops / 1e12:.3f} TFLOP/s "
+        f"({metrics_log.peak_source})")
     preemption = PreemptionFlag()
     t, checkpoints = config.train, run.checkpoints
     try:
@@ -41,12 +44,12 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
             with metrics_log.untimed() if first else contextlib.nullcontext():
                 compile_start = time.perf_counter()
                 batch = next(batches)
-                metrics_log.count_languages(batch["language"])
+                metrics_log.count_languages(batch)
                 state, step_metrics = train_step(state, to_global(batch, run.rows_sharding))
                 if first:
                     jax.block_until_ready(step_metrics)
                     log(f"step {step} compiled and ran in {time.perf_counter() - compile_start:.1f}s")
-            metrics_log.add(step, step_metrics, timed=not first)
+            metrics_log.add(step, step_metrics, batch, timed=not first)
             last = step == t.num_steps
             if step % t.log_every == 0 or last:
                 metrics_log.log_window(step)

@@ -27,20 +27,30 @@ ACCELERATOR_PEAK_FLOPS = {
 }
 
 
-def body_params(model_config) -> int:
-    """Non-embedding encoder parameters (weights and biases of the transformer blocks)."""
-    h, f, layers = model_config.hidden_size, model_config.mlp_dim, model_config.num_layers
+def body_params(model_config, num_layers: int | None = None) -> int:
+    """Non-embedding encoder parameters (weights and biases of the transformer blocks) of all
+    layers, or of the bottom `num_layers`."""
+    h, f = model_config.hidden_size, model_config.mlp_dim
+    layers = model_config.num_layers if num_layers is None else num_layers
     attention = 4 * h * h + 4 * h
     mlp = 2 * h * f + f + h
     layer_norms = 2 * 2 * h
     return layers * (attention + mlp + layer_norms)
 
 
+def forward_flops_per_token(model_config, seq_len: int, masked_fraction: float = 0.0,
+                            num_layers: int | None = None) -> float:
+    """Forward FLOPs per token of the bottom `num_layers` (default all), with the LM head at a
+    `masked_fraction` of the tokens: a third of the module docstring's training formula."""
+    h, v = model_config.hidden_size, model_config.vocab_size
+    layers = model_config.num_layers if num_layers is None else num_layers
+    return (2 * body_params(model_config, layers) + 4 * layers * seq_len * h
+            + 2 * masked_fraction * (h * h + h * v))
+
+
 def flops_per_token(model_config, seq_len: int, masked_fraction: float) -> float:
     """Training FLOPs per token by the formula in the module docstring."""
-    h, v, layers = model_config.hidden_size, model_config.vocab_size, model_config.num_layers
-    return (6 * body_params(model_config) + 12 * layers * seq_len * h
-            + 6 * masked_fraction * (h * h + h * v))
+    return 3 * forward_flops_per_token(model_config, seq_len, masked_fraction)
 
 
 @functools.cache

@@ -22,15 +22,13 @@ from xlm_jax.train import metrics as metrics_lib
 class MetricsLog:
     """Per-step metrics stay on device until a log point, so steps are not serialized."""
 
-    def __init__(self, workdir: str, config, total_steps: int, languages=(), probs=()):
+    def __init__(self, workdir: str, config, total_steps: int, objectives=(), languages=(), probs=()):
         self.pending = []
+        self.objectives = list(objectives)
         self.languages, self.probs = list(languages), np.asarray(probs, np.float64)
         self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since start
         self.history = []
         self.total_steps = total_steps
-        self.tokens_per_step = config.train.batch_size * config.data.seq_len
-        self.flops_per_token = metrics_lib.flops_per_token(config.model, config.data.seq_len,
-                                                          config.data.mask_prob)
         self.peak_flops, self.peak_source = metrics_lib.peak_flops()
         self.skip_nonfinite = config.train.skip_nonfinite
         self.max_skips = config.train.max_consecutive_skips
@@ -38,17 +36,34 @@ class MetricsLog:
         is_main = jax.process_index() == 0
         self.writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), is_main)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self._new_window()
+
+    def _new_window(self) -> None:
         self.window_start = time.perf_counter()
-        self.window_steps = 0
+        self.window_steps, self.window_tokens, self.window_flops = 0, 0, 0.0
         self.excluded_seconds = 0.0
 
-    def add(self, step: int, metrics, timed: bool = True) -> None:
-        self.pending.append((step, metrics))
-        self.window_steps += int(timed)
+    def cost(self, batch_names) -> tuple[int, float]:
+        """(input tokens, model FLOPs) of a step that trains on `batch_names`."""
+        trained = [o for o in self.objectives if o.batch_name in batch_names]
+        return (sum(o.tokens_per_step() for o in trained),
+                sum(sum(o.flops().values()) for o in trained))
 
-    def count_languages(self, language) -> None:
-        """Host-side tally of the language of each row this process feeds the step."""
-        self.sampled += np.bincount(np.asarray(language).ravel(), minlength=len(self.languages))
+    def add(self, step: int, metrics, batch_names, timed: bool = True) -> None:
+        self.pending.append((step, metrics))
+        if timed:
+            tokens, flops = self.cost(batch_names)
+            self.window_steps += 1
+            self.window_tokens += tokens
+            self.window_flops += flops
+
+    def count_languages(self, batches) -> None:
+        """Host-side tally of the language of each monolingual row this process feeds the step
+        (the rows whose language data.alpha samples: MLM's blocks)."""
+        for o in self.objectives:
+            if o.stream_kind == "blocks" and o.batch_name == o.name and o.name in batches:
+                language = batches[o.name]["language"]
+                self.sampled += np.bincount(np.asarray(language).ravel(), minlength=len(self.languages))
 
     def sampled_fractions(self) -> tuple[np.ndarray, int]:
         """Realized language fractions of all processes' rows since this run (re)started, and their count."""
@@ -117,18 +132,22 @@ class MetricsLog:
         if not rows:
             return
         elapsed = max(time.perf_counter() - self.window_start - self.excluded_seconds, 1e-9)
-        tokens_per_s = self.window_steps * self.tokens_per_step / elapsed
-        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
-        mean = lambda k: float(np.mean([r[k] for r in rows]))
+        tokens_per_s = self.window_tokens / elapsed
+        mfu = self.window_flops / elapsed / self.peak_flops
         last = rows[-1]
-        summary = {"loss": mean("loss"), "accuracy": mean("accuracy"),
-                   "learning_rate": last["learning_rate"], "grad_norm": mean("grad_norm"),
+        # The mean of each objective's metrics over the steps that trained it ("alternate" skips some).
+        keys = sorted({k for r in rows for k in r if "/" in k})
+        per_objective = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+        summary = {"loss": float(np.mean([r["loss"] for r in rows])), **per_objective,
+                   "learning_rate": last["learning_rate"], "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
                    "tokens_per_s": tokens_per_s, "mfu": mfu,
                    "skipped_nonfinite": sum(r["nonfinite"] for r in rows)}
         eta = (self.total_steps - step) * elapsed / max(self.window_steps, 1)
-        log(f"step {step}/{self.total_steps}  loss {summary['loss']:.4f}  "
-            f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
-            f"grad_norm {summary['grad_norm']:.3f}  {tokens_per_s:,.0f} tok/s  "
+        shown = "  ".join(f"{o.name} " + "/".join(f"{per_objective[f'{o.name}/{k}']:.3f}" for k in ("loss", "accuracy")
+                                                   if f"{o.name}/{k}" in per_objective)
+                          for o in self.objectives if f"{o.name}/loss" in per_objective)
+        log(f"step {step}/{self.total_steps}  loss {summary['loss']:.4f}  {shown} (loss/acc)  "
+            f"lr {summary['learning_rate']:.2e}  grad_norm {summary['grad_norm']:.3f}  {tokens_per_s:,.0f} tok/s  "
             f"MFU {100 * mfu:.1f}%  ETA {metrics_lib.format_duration(eta)}"
             + (f"  skipped {summary['skipped_nonfinite']:.0f} non-finite" if summary["skipped_nonfinite"] else ""))
         self.writer.scalars(step, {f"train/{k}": v for k, v in summary.items()})
@@ -138,7 +157,7 @@ class MetricsLog:
             self.jsonl.flush()
         self.history.extend(rows)
         self.log_sampled(step)
-        self.window_start, self.window_steps, self.excluded_seconds = time.perf_counter(), 0, 0.0
+        self._new_window()
 
     def log_evals(self, step: int, records: dict) -> None:
         """Evaluation records (evaluation/runner.py): per-language numbers to stdout, TensorBoard

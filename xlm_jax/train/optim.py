@@ -1,11 +1,17 @@
 """AdamW with the fairseq/XLM-R recipe: warmup, linear or polynomial decay, clipping."""
 import flax
+import jax.numpy as jnp
 import optax
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate`, then decay to `end_learning_rate` at num_steps."""
+    """Linear warmup from 0 to `learning_rate`, then decay to `end_learning_rate` at num_steps
+    (linear, polynomial), none (constant), or as 1 / sqrt(step) (inverse_sqrt, XLM)."""
     t = train_config
+    if t.schedule == "inverse_sqrt":   # XLM's adam_inverse_sqrt: linear warmup, then lr * sqrt(warmup / step)
+        warmup_steps = max(t.warmup_steps, 1)
+        return lambda step: t.learning_rate * jnp.minimum(
+            (step + 1) / warmup_steps, jnp.sqrt(warmup_steps / jnp.maximum(step + 1, 1)))
     warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
     decay_steps = max(t.num_steps - t.warmup_steps, 1)
     if t.schedule == "constant":

@@ -8,6 +8,7 @@ from jax.experimental import multihost_utils
 
 from xlm_jax import config as config_lib
 from xlm_jax.data.pipeline import prepare_data
+from xlm_jax.data.streams import PAIR_KINDS
 from xlm_jax.data.shards import num_shards
 from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import TOKENIZER_FILES, tokenizer_exists
@@ -17,7 +18,8 @@ from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.interop.hf import adopt_hf_model, import_hf
 from xlm_jax.interop.vocab import adopt_vocab_extension, extend_params
-from xlm_jax.models.heads import MaskedLM
+from xlm_jax.models.masked_lm import MaskedLM
+from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, vocab_padding_params
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.multihost import log, process_zero_first, this_process
@@ -25,24 +27,30 @@ from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings
 from xlm_jax.train.heldout import eval_sets, evaluate_languages
 from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import (count_params, create_train_state, state_shardings,
+from xlm_jax.train.state import (count_params, create_train_state, model_params, state_shardings,
                                  train_state_from_params)
 from xlm_jax.train.step import make_eval_step
 from xlm_jax.workdir import make_workdir
 
 
 def check_batch_layout(config, mesh, rules) -> None:
+    """Every objective's batch splits into whole microbatches over the mesh's batch shards and
+    over the processes; else a ConfigError naming the batch size's field."""
     t = config.train
-    per_micro = t.batch_size // t.grad_accum_steps
     shards = batch_shards(mesh, rules)
-    if per_micro % shards:
-        raise ConfigError(
-            f"config field `train.batch_size`: {t.batch_size} / grad_accum_steps "
-            f"{t.grad_accum_steps} = {per_micro} examples per microbatch, not divisible by the "
-            f"{shards} batch shards of mesh {dict(mesh.shape)} (rules {config.mesh.rules!r})")
-    if t.batch_size % jax.process_count():
-        raise ConfigError(f"config field `train.batch_size`: {t.batch_size} is not divisible by "
-                          f"the {jax.process_count()} processes")
+    for objective in build_objectives(config):
+        own = objective.options.batch_size and objective.batch_name == objective.name
+        field = f"{objective.name}.batch_size" if own else "train.batch_size"
+        size = objective.batch_size
+        per_micro, rest = divmod(size, t.grad_accum_steps)
+        if rest or per_micro % shards:
+            raise ConfigError(
+                f"config field `{field}`: {size} / train.grad_accum_steps {t.grad_accum_steps} = "
+                f"{size / t.grad_accum_steps:g} examples per microbatch, not a multiple of the {shards} "
+                f"batch shards of mesh {dict(mesh.shape)} (rules {config.mesh.rules!r})")
+        if size % jax.process_count():
+            raise ConfigError(f"config field `{field}`: {size} is not divisible by the "
+                              f"{jax.process_count()} processes")
 
 
 def resume_note(data_state: dict, config, process_count: int, directory: str) -> str | None:
@@ -94,8 +102,10 @@ class Run:
         source = config.init_from.removeprefix("hf:")
         if source:   # before the corpus is read: a bad directory fails at once
             adopt_hf_model(config, source, workdir)
+        self.streams = streams(build_objectives(config))   # what to read, before the corpus says its languages
+        pairs = any(spec.kind in PAIR_KINDS for spec in self.streams)
         processes = this_process()
-        text = read_text(config, processes, log)   # this process's shards; counts agreed by all
+        text = read_text(config, processes, log, pairs=pairs)   # this process's shards; counts agreed by all
         if source:
             resuming = self.checkpoints.latest_step() is not None
             multihost_utils.sync_global_devices("imported tokenizer in place")
@@ -104,13 +114,18 @@ class Run:
             config_lib.validate(config)
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
-        self.data = prepare_data(config, workdir, log, processes=processes, text=text)
+        self.data = prepare_data(config, workdir, log, processes=processes, text=text, pairs=pairs)
+        self.objectives = build_objectives(config, self.data.languages)   # now with the corpus's languages
+        log("objectives: " + ", ".join(f"{o.name} x{o.weight:g} (batch {o.batch_size}"
+                                       + (f", {o.batch_name}'s" if o.batch_name != o.name else "") + ")"
+                                       for o in self.objectives)
+            + f"; schedule {config.objective_schedule!r}")
         self.model = MaskedLM(config.model)
         self.optimizer = make_optimizer(config.train)
         self.abstract_state, self.shardings = state_shardings(
-            self.model, self.optimizer, config, self.mesh, self.rules)
+            self.model, self.objectives, self.optimizer, config, self.mesh, self.rules)
         self.rows_sharding = batch_sharding(self.mesh, self.rules)
-        self.eval_step = make_eval_step(self.model, self.mesh, self.rules, self.shardings.params,
+        self.eval_step = make_eval_step(self.model, self.mesh, self.rules, model_params(self.shardings.params),
                                         self.rows_sharding)
         self.eval_sets = eval_sets(self.data, config)
         if self.evaluation:
@@ -129,8 +144,7 @@ class Run:
                 log(note)
             return state
         if not self.config.init_from:
-            state = create_train_state(self.model, self.optimizer, self.config, self.mesh,
-                                       self.rules, self.shardings)
+            state = self.new_state()
             padding = vocab_padding_params(self.config.model)
             log(f"initialized {count_params(state.params) - padding:,} parameters"
                 + (f" (and {padding:,} of vocabulary padding, always zero)" if padding else ""))
@@ -139,15 +153,20 @@ class Run:
         params = imported.params
         if self.vocab_extension:  # new rows: means of their pieces' old-tokenization rows
             params = extend_params(params, *self.vocab_extension)
-        if not imported.has_head:  # an encoder-only checkpoint: the MLM head starts from scratch
-            fresh = create_train_state(self.model, self.optimizer, self.config, self.mesh,
-                                       self.rules, self.shardings)
-            params = {**params, "lm_head": jax.device_get(fresh.params["lm_head"])}
+        new_parts = ([] if imported.has_head else ["lm_head"]) + (["objectives"] if "objectives" in
+                                                                   self.abstract_state.params else [])
+        if new_parts:  # an encoder-only checkpoint, objective heads: they start from scratch
+            fresh = jax.device_get(self.new_state().params)
+            params = {**params, **{part: fresh[part] for part in new_parts}}
         log(f"initialized from {self.config.init_from}"
             + ("" if imported.has_head else " (no MLM head there: a new one is trained)")
             + (f"; left out {', '.join(imported.dropped)}" if imported.dropped else ""))
         params = resize_vocab_rows(params, padded_vocab_size(self.config.model))   # this run's layout
-        return train_state_from_params(params, self.optimizer, self.shardings)
+        return train_state_from_params(params, self.optimizer, self.shardings, self.objectives)
+
+    def new_state(self):
+        return create_train_state(self.model, self.objectives, self.optimizer, self.config, self.mesh,
+                                  self.rules, self.shardings)
 
     def data_state(self, step: int) -> dict:
         """The data iterator's position saved with checkpoint `step` (resume_note reads it back)."""
@@ -160,5 +179,5 @@ class Run:
 
     def subject(self, state) -> Subject:
         """The model at `state`, for the evaluators: params where training keeps them."""
-        return Subject(self.config.model, state.params, self.data.tokenizer, self.mesh, self.rules,
+        return Subject(self.config.model, model_params(state.params), self.data.tokenizer, self.mesh, self.rules,
                        step=int(state.step), seed=self.config.train.seed)

@@ -1,4 +1,9 @@
-"""The train state, created directly sharded on the mesh."""
+"""The train state, created directly sharded on the mesh.
+
+params hold the model and the objectives' trainable heads (params["objectives"]); extra holds
+what objectives keep beside them (a momentum encoder, a queue), sharded by its logical axes
+and checkpointed like the rest.
+"""
 import math
 from typing import Any
 
@@ -10,6 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from xlm_jax.errors import ConfigError
+from xlm_jax.objectives.registry import init_extra, init_heads
 from xlm_jax.parallel.mesh import on_mesh
 
 
@@ -18,6 +24,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    extra: Any = flax.struct.field(default_factory=dict)
 
 
 def _init_variables(model, config, rng):
@@ -28,6 +35,13 @@ def _init_variables(model, config, rng):
     if config.model.num_languages:
         kwargs["language_ids"] = jnp.zeros((1, seq_len), jnp.int32)
     return model.init({"params": rng, "dropout": rng}, dummy_ids, dummy_positions, **kwargs)
+
+
+def init_params(model, objectives, config, rng):
+    """Boxed params of the model and, under "objectives", of the objectives' heads."""
+    params = _init_variables(model, config, rng)["params"]
+    heads = init_heads(objectives, jax.random.fold_in(rng, 1))
+    return {**params, "objectives": heads} if heads else params
 
 
 # Which config field sets the size of each logical axis, for errors a user can act on.
@@ -52,57 +66,68 @@ def check_divisible(boxed_params, mesh: Mesh, rules, config) -> None:
                     f"mesh or rules preset")
 
 
-def layout_of_state(init_boxed, optimizer: optax.GradientTransformation, mesh: Mesh, rules, config=None):
+def _new_state(boxed_params, optimizer, objectives) -> TrainState:
+    params = nn.meta.unbox(boxed_params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      extra=nn.meta.unbox(init_extra(objectives, boxed_params)))
+
+
+def layout_of_state(init_boxed, optimizer: optax.GradientTransformation, mesh: Mesh, rules, config=None,
+                    objectives=()):
     """(abstract TrainState, sharding of every leaf) for the params `init_boxed(rng)` creates
-    (with logical partitioning), without allocating anything; with `config`, uneven splits
-    are a ConfigError naming the field."""
+    (with logical partitioning) and the objectives' extra state, without allocating anything;
+    with `config`, uneven splits are a ConfigError naming the field."""
 
     def init_abstract(rng):
         boxed = init_boxed(rng)
-        params = nn.meta.unbox(boxed)
-        return boxed, TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                 opt_state=optimizer.init(params))
+        return (boxed, init_extra(objectives, boxed)), _new_state(boxed, optimizer, objectives)
 
-    boxed, abstract_state = jax.eval_shape(init_abstract, jax.random.key(0))
+    (boxed, boxed_extra), abstract_state = jax.eval_shape(init_abstract, jax.random.key(0))
     if config is not None:
         check_divisible(boxed, mesh, rules, config)
-    logical_specs = nn.get_partition_spec(boxed)
-    param_shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     # Optimizer moments mirror the params' shardings; step counts are replicated.
     opt_shardings = optax.tree_map_params(
         optimizer, lambda _, sharding: sharding, abstract_state.opt_state, param_shardings,
         transform_non_params=lambda _: replicated)
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+    extra_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_extra), mesh, rules)
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                           extra=extra_shardings)
     return abstract_state, shardings
 
 
-def state_shardings(model, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
-    """(abstract state, sharding of every leaf) of the MaskedLM's train state."""
-    return layout_of_state(lambda rng: _init_variables(model, config, rng)["params"], optimizer, mesh, rules,
-                           config)
+def state_shardings(model, objectives, optimizer: optax.GradientTransformation, config, mesh: Mesh, rules):
+    """(abstract state, sharding of every leaf) of the model's train state under `objectives`."""
+    return layout_of_state(lambda rng: init_params(model, objectives, config, rng), optimizer, mesh, rules,
+                           config, objectives)
 
 
-def create_train_state(model, optimizer, config, mesh: Mesh, rules, shardings) -> TrainState:
-    """Initializes params and optimizer state where they live: no host copy of the full model."""
+def create_train_state(model, objectives, optimizer, config, mesh: Mesh, rules, shardings) -> TrainState:
+    """Initializes params, optimizer and extra state where they live: no host copy of the model."""
 
     def init(rng):
-        params = nn.meta.unbox(_init_variables(model, config, rng)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
+        return _new_state(init_params(model, objectives, config, rng), optimizer, objectives)
 
     return jax.jit(on_mesh(init, mesh, rules), out_shardings=shardings)(jax.random.key(config.train.seed))
+
+
+def model_params(params):
+    """The model's part of params, without the objectives' heads: what evaluators, exports and
+    notebooks read."""
+    return {name: value for name, value in params.items() if name != "objectives"}
 
 
 def count_params(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
 
-def train_state_from_params(params, optimizer, shardings) -> TrainState:
-    """A step-0 state around given (e.g. imported) params, placed with the state's shardings."""
+def train_state_from_params(params, optimizer, shardings, objectives=()) -> TrainState:
+    """A step-0 state around given (e.g. imported) params, placed with the state's shardings;
+    the objectives' extra state starts from them (a momentum encoder is a copy)."""
 
     def init(p):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+        return _new_state(p, optimizer, objectives)
 
     return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)

@@ -1,9 +1,15 @@
-"""The jitted train and eval steps: pure functions of (state, batch)."""
+"""The jitted train and eval steps: pure functions of (state, batches).
+
+Nothing here names an objective: the step sums the weighted losses of whichever objectives
+(xlm_jax/objectives) read the batches it is given, so the "alternate" schedule, which
+feeds one objective's batch per update, compiles one step per batch name.
+"""
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from xlm_jax.objectives.base import StepContext
 from xlm_jax.objectives.mlm import mlm_loss_terms
 from xlm_jax.parallel.mesh import on_mesh
 from xlm_jax.train.optim import learning_rate_schedule
@@ -30,74 +36,145 @@ def _microbatches(batch, num_micro: int, mesh, rules):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, config, mesh, rules,
-                    state_shardings, batch_sharding):
-    """Returns step(state, batch) -> (state, metrics), jitted with shardings, state donated.
+def _joined(stacked):
+    """The inverse of _microbatches: [A, B/A, ...] -> [B, ...] in the batch's own row order."""
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape((-1,) + x.shape[2:]), stacked)
 
-    One call is one optimizer update over `train.grad_accum_steps` microbatches. The
-    loss is the mean over every masked token of the global batch, however it is split.
-    A non-finite loss or gradient leaves params and optimizer state untouched and is
-    reported in metrics["nonfinite"]; the loop decides whether that stops the run.
+
+def _heads_of(params, names):
+    """A params-shaped tree of Python bools: True on params["objectives"][name] for `names`."""
+    mask = jax.tree.map(lambda _: False, params)
+    if "objectives" in params:
+        mask["objectives"] = {name: jax.tree.map(lambda _: name in names, head)
+                              for name, head in params["objectives"].items()}
+    return mask
+
+
+class TrainStep:
+    """step(state, batches) -> (state, metrics), jitted with shardings, state donated.
+
+    `batches` maps batch names to batches (xlm_jax/data/streams.py); the objectives reading
+    them are trained. One call is one optimizer update over `train.grad_accum_steps`
+    microbatches of every batch. The loss is sum_o weight_o * (loss sum_o / normalizer_o),
+    each normalizer over the whole global batch, however it is split. A non-finite loss or
+    gradient leaves params, optimizer and extra state untouched and is reported in
+    metrics["nonfinite"]; the loop decides whether that stops the run.
     """
-    num_micro = config.train.grad_accum_steps
-    schedule_fn = learning_rate_schedule(config.train)
-    dropout_key = jax.random.key(config.train.seed + 1)
 
-    def micro_grads(params, micro, rng):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, micro["input_ids"], micro["masked_positions"],
-                                 deterministic=False, rngs={"dropout": rng}, **_model_kwargs(micro))
-            terms = mlm_loss_terms(logits, micro["masked_ids"], micro["masked_weights"])
-            return terms["loss_sum"], terms
+    def __init__(self, model, objectives, optimizer: optax.GradientTransformation, config, mesh, rules,
+                 state_shardings, batch_sharding):
+        self.model, self.objectives, self.optimizer = model, list(objectives), optimizer
+        self.config, self.mesh, self.rules = config, mesh, rules
+        self.state_shardings, self.batch_sharding = state_shardings, batch_sharding
+        self._compiled = {}
 
-        grads, terms = jax.grad(loss_fn, has_aux=True)(params)
-        return grads, terms
+    def __call__(self, state: TrainState, batches: dict):
+        return self.jitted(tuple(sorted(batches)))(state, batches)
 
-    def accumulated_grads(params, batch, rng):
-        """Summed grads and loss terms over the microbatches of one global batch."""
-        if num_micro == 1:
-            return micro_grads(params, batch, rng)
+    def jitted(self, batch_names: tuple[str, ...]):
+        """The jitted step for the objectives reading `batch_names` (one per distinct set)."""
+        if batch_names not in self._compiled:
+            active = [o for o in self.objectives if o.batch_name in batch_names]
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._compiled[batch_names] = jax.jit(
+                on_mesh(self._step_fn(active, batch_names), self.mesh, self.rules),
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        return self._compiled[batch_names]
 
-        def accumulate(carry, xs):
-            index, mb = xs
-            grads, terms = micro_grads(params, mb, jax.random.fold_in(rng, index))
-            return jax.tree.map(jnp.add, carry, (grads, terms)), None
+    def _step_fn(self, active, batch_names):
+        config, model = self.config, self.model
+        num_micro, num_steps = config.train.grad_accum_steps, config.train.num_steps
+        schedule_fn = learning_rate_schedule(config.train)
+        dropout_key = jax.random.key(config.train.seed + 1)
+        prepare_key = jax.random.key(config.train.seed + 2)
 
-        zeros = (jax.tree.map(jnp.zeros_like, params),
-                 {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")})
-        micro = _microbatches(batch, num_micro, mesh, rules)
-        (grads, terms), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
-        return grads, terms
+        def micro_grads(params, micro, extra, rng, step, scales):
+            """Grads of sum_o scale_o * loss_sum_o, each objective's sums, its per-row outputs."""
+            # Batch k's dropout key: the step's own for the first batch (so an MLM-only step
+            # draws what it always drew), folded with k for the others.
+            rngs = {name: rng if k == 0 else jax.random.fold_in(rng, k) for k, name in enumerate(batch_names)}
 
-    def step(state: TrainState, batch):
-        rng = jax.random.fold_in(dropout_key, state.step)
-        grads, terms = accumulated_grads(state.params, batch, rng)
-        count = jnp.maximum(terms["count"], 1.0)
-        grads = jax.tree.map(lambda g: g / count, grads)
-        loss = terms["loss_sum"] / count
-        grad_norm = optax.tree.norm(grads)
+            def loss_fn(p):
+                ctx = StepContext(model, p, step, num_steps, rngs)
+                total, terms, outputs = None, {}, {}
+                for o in active:
+                    terms[o.name], outputs[o.name] = o.loss_terms(ctx, micro[o.batch_name], extra.get(o.name))
+                    weighted = scales[o.name] * terms[o.name]["loss_sum"]
+                    total = weighted if total is None else total + weighted
+                return total, (terms, outputs)
 
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            grads, (terms, outputs) = jax.grad(loss_fn, has_aux=True)(params)
+            return grads, terms, outputs
 
-        def update(params, opt_state):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
+        def accumulated(params, batches, extra, rng, step, scales):
+            """Summed grads and sums, and the per-row outputs in batch order, over the microbatches."""
+            if num_micro == 1:
+                return micro_grads(params, batches, extra, rng, step, scales)
+            micro = _microbatches(batches, num_micro, self.mesh, self.rules)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda: micro_grads(params, first, extra, rng, step, scales))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[:2])
 
-        new_params, new_opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o),
-                                                 state.params, state.opt_state)
-        new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state)
-        metrics = {"loss": loss, "accuracy": terms["correct"] / count, "grad_norm": grad_norm,
-                   "learning_rate": schedule_fn(state.step), "masked_tokens": terms["count"],
-                   "nonfinite": (~finite).astype(jnp.int32)}
-        return new_state, metrics
+            def add(carry, xs):
+                index, mb = xs
+                grads, terms, outputs = micro_grads(params, mb, extra, jax.random.fold_in(rng, index), step, scales)
+                return jax.tree.map(jnp.add, carry, (grads, terms)), outputs
 
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(on_mesh(step, mesh, rules), in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+            (grads, terms), outputs = jax.lax.scan(add, zeros, (jnp.arange(num_micro), micro))
+            return grads, terms, _joined(outputs)
+
+        def step(state: TrainState, batches):
+            batches = dict(batches)
+            for o in active:     # on the global batch, so it does not depend on the microbatching
+                batches[o.batch_name] = o.prepare_batch(batches[o.batch_name],
+                                                        jax.random.fold_in(prepare_key, state.step))
+            norms = {o.name: o.normalizer(batches[o.batch_name]) for o in active}
+            # Gradients are of sum_o (w_o * n_0 / n_o) * loss_sum_o, then divided by n_0: with one
+            # objective of weight 1 the scale is exactly 1, the arithmetic of an MLM-only step.
+            reference = norms[active[0].name]
+            scales = {o.name: o.weight * reference / norms[o.name] for o in active}
+            rng = jax.random.fold_in(dropout_key, state.step)
+            grads, terms, outputs = accumulated(state.params, batches, state.extra, rng, state.step, scales)
+            grads = jax.tree.map(lambda g: g / reference, grads)
+            losses = {o.name: terms[o.name]["loss_sum"] / norms[o.name] for o in active}
+            loss = sum(o.weight * losses[o.name] for o in active)
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+            def update(params, opt_state, extra):
+                updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+                new_params = optax.apply_updates(params, updates)
+                # Heads of objectives this update does not train ("alternate") have a zero gradient,
+                # but Adam's momentum and weight decay would still move them: keep them, and their
+                # optimizer moments, as they are until their objective's turn.
+                idle = _heads_of(params, {o.name for o in self.objectives if o not in active})
+                idle_state = optax.tree_map_params(self.optimizer, lambda _, keep: keep, opt_state, idle,
+                                                   transform_non_params=lambda _: False)
+                params = jax.tree.map(lambda keep, old, new: old if keep else new, idle, params, new_params)
+                opt_state = jax.tree.map(lambda keep, old, new: old if keep else new, idle_state, opt_state,
+                                         new_opt_state)
+                extra = dict(extra)
+                for o in active:
+                    if o.name in extra:
+                        extra[o.name] = o.update_extra(extra[o.name], params, outputs[o.name], state.step)
+                return params, opt_state, extra
+
+            new_params, new_opt_state, new_extra = jax.lax.cond(
+                finite, update, lambda p, o, e: (p, o, e), state.params, state.opt_state, state.extra)
+            new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state, extra=new_extra)
+            metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule_fn(state.step),
+                       "nonfinite": (~finite).astype(jnp.int32)}
+            for o in active:
+                for key, value in o.metrics(terms[o.name], norms[o.name], state.step).items():
+                    metrics[f"{o.name}/{key}"] = value
+            return new_state, metrics
+
+        return step
 
 
 def make_eval_step(model, mesh, rules, params_shardings, batch_sharding):
-    """eval(params, batch) -> loss_sum, correct, count over the batch (no dropout)."""
+    """eval(params, batch) -> loss_sum, correct, count of masked LM over the batch (no dropout)."""
 
     def evaluate(params, batch):
         logits = model.apply({"params": params}, batch["input_ids"], batch["masked_positions"],

@@ -1,4 +1,10 @@
-"""Heads on top of the encoder, and the masked-LM model that trains it."""
+"""The pretrained model: the encoder with its masked-LM head (and BERT's pooler), as one module.
+
+Objectives (xlm_jax/objectives) read its named outputs: `hidden_states` (every layer, for
+sentence vectors at a chosen layer) and `mlm_logits` (the LM head at masked positions), so
+objectives reading one batch share one forward pass; `truncated` runs only the bottom layers.
+"""
+import copy
 from typing import Any
 
 import flax.linen as nn
@@ -118,9 +124,28 @@ class MaskedLM(nn.Module):
         logits = self.lm_head(hidden, self.encoder.embeddings)
         return (logits, all_hidden) if output_hidden_states else logits
 
+    def hidden_states(self, input_ids, *, position_ids=None, language_ids=None, deterministic=True):
+        """(last hidden state [B, S, H], every layer's [layers + 1, B, S, H], 0 = embeddings)."""
+        return self.encoder(input_ids, None, None, position_ids, language_ids, deterministic, True)
+
+    def mlm_logits(self, hidden):
+        """The LM head on hidden states [..., H] (e.g. gathered at the masked positions)."""
+        return self.lm_head(hidden, self.encoder.embeddings)
+
     def pooled(self, input_ids, *, attention_mask=None, token_type_ids=None):
         """The pooler's output [batch, hidden] (model.pooler must be on)."""
         if not self.config.pooler:
             raise ValueError("this model has no pooler (model.pooler is False)")
         hidden, _ = self.encoder(input_ids, attention_mask, token_type_ids)
         return self.pooler(hidden)
+
+
+def truncated(model_config, params, depth: int):
+    """(MaskedLM of the bottom `depth` layers, its params): a forward pass that stops at layer
+    `depth` costs depth / num_layers of the full one, and its gradient reaches only those layers."""
+    if depth >= model_config.num_layers:
+        return MaskedLM(model_config), params
+    config = copy.deepcopy(model_config)
+    config.num_layers = depth
+    encoder = dict(params["encoder"], layers=jax.tree.map(lambda x: x[:depth], params["encoder"]["layers"]))
+    return MaskedLM(config), {**params, "encoder": encoder}
