@@ -37,6 +37,9 @@ def _train(**fields):
      {0: 0.0, 2: 1.5e-4, 4: 3e-4, 50: 3e-4, 1000: 3e-4}),
     (dict(schedule="constant", warmup_steps=0, num_steps=100, learning_rate=3e-4),
      {0: 3e-4, 1: 3e-4, 99: 3e-4}),
+    # XLM's inverse square root: warmup, then lr * sqrt(warmup / step)
+    (dict(schedule="inverse_sqrt", warmup_steps=4, num_steps=100, learning_rate=1e-3),
+     {0: 0.0, 2: 5e-4, 4: 1e-3, 16: 5e-4, 64: 2.5e-4, 400: 1e-4}),
     # warmup == num_steps: peak at the last step, no decay phase to divide by zero in
     (dict(schedule="linear", warmup_steps=8, num_steps=8, learning_rate=1e-3, end_learning_rate=0.0),
      {0: 0.0, 4: 5e-4, 7: 8.75e-4}),

@@ -10,8 +10,8 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
     t = train_config
     if t.schedule == "inverse_sqrt":   # XLM's adam_inverse_sqrt: linear warmup, then lr * sqrt(warmup / step)
         warmup_steps = max(t.warmup_steps, 1)
-        return lambda step: t.learning_rate * jnp.minimum(
-            (step + 1) / warmup_steps, jnp.sqrt(warmup_steps / jnp.maximum(step + 1, 1)))
+        return lambda step: t.learning_rate * jnp.where(
+            step < warmup_steps, step / warmup_steps, jnp.sqrt(warmup_steps / jnp.maximum(step, 1)))
     warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
     decay_steps = max(t.num_steps - t.warmup_steps, 1)
     if t.schedule == "constant":
