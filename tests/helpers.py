@@ -300,3 +300,16 @@ def assert_updated_params_close(actual, expected, learning_rate: float, rtol: fl
     for (path, e), a in zip(paths, jax.tree.leaves(actual)):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=1e-2 * learning_rate,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def write_corpus(directory, shared_data, languages, lines: int, pairs=None, pair_rows: int | None = None):
+    """A corpus dir of the first `lines` lines of ../shared/data/mono/<lang>.txt per language, and
+    of the first `pair_rows` (default `lines`) rows of parallel/<set>/<pair>.tsv for
+    `pairs` = {"en-sw": "tico19", ...}; returns the directory."""
+    for lang in languages:
+        text = (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+        (directory / f"{lang}.txt").write_text("\n".join(text[:lines]) + "\n", encoding="utf-8")
+    for pair, collection in (pairs or {}).items():
+        text = (shared_data / "parallel" / collection / f"{pair}.tsv").read_text(encoding="utf-8").splitlines()
+        (directory / f"{pair}.tsv").write_text("\n".join(text[:pair_rows or lines]) + "\n", encoding="utf-8")
+    return directory

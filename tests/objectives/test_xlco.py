@@ -47,6 +47,26 @@ def test_infonce_matches_numpy_and_ignores_unwritten_slots(valid):
     assert 0 < accuracy < 1                    # some positives lose to a real negative, some win
 
 
+def test_batch_negatives_are_the_other_pairs_keys_never_the_querys_own_or_its_translation():
+    """Queries x_1..x_3, y_1..y_3 with keys in the same order: for x_i the positive is y_i's key,
+    and the batch negatives are the keys of x_j, y_j for j != i (numpy, by hand)."""
+    rng = np.random.default_rng(5)
+    n, dim, valid = 6, 8, 3
+    queries, keys, queue = rng.normal(size=(n, dim)), rng.normal(size=(n, dim)), rng.normal(size=(7, dim))
+    positives = np.concatenate([keys[n // 2:], keys[:n // 2]])
+    terms = to_numpy(infonce_terms(*(jnp.asarray(a, jnp.float32) for a in (queries, positives, queue)),
+                                   jnp.asarray(valid), 0.5, jnp.asarray(keys, jnp.float32)))
+    losses, hits = [], []
+    for i in range(n):
+        pair = {i % (n // 2), i % (n // 2) + n // 2}                 # x_i and y_i: not negatives of either
+        negatives = np.concatenate([keys[[j for j in range(n) if j not in pair]], queue[:valid]])
+        logits = np.concatenate([[queries[i] @ positives[i]], negatives @ queries[i]]) / 0.5
+        losses.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0])
+        hits.append(logits[0] > logits[1:].max())
+    assert float(terms["loss_sum"]) == pytest.approx(float(np.sum(losses)), rel=1e-5)
+    assert float(terms["correct"]) == float(np.sum(hits))
+
+
 def test_infonce_with_an_empty_queue_is_zero():
     """Only the positive remains: log-softmax over one logit is exactly 0, and it is always 'correct'."""
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ import pathlib
 import jax
 import pytest
 
+from xlm_jax.errors import ConfigError
 from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.train.aot import lower_train_step
 
@@ -59,3 +60,14 @@ def test_activation_constraints_act_in_the_train_step():
     assert fsdp and all('[{"data", "fsdp"}, {}, {}]' in line for line in fsdp), fsdp
     tensor = _mlp_constraint_lines(config, (2, 2, 2), "fsdp_tp")
     assert tensor and all('[{"data", "fsdp"}, {}, {"tensor"}]' in line for line in tensor), tensor
+
+
+def test_an_objective_batch_that_does_not_split_over_the_mesh_names_its_field():
+    config = tiny_config(batch_size=8)
+    config.objectives.xlco = 1.0
+    config.xlco.batch_size, config.xlco.queue_size = 4, 64
+    config.data.shards = 4
+    config.mesh.data, config.mesh.rules = 8, "dp"
+    with pytest.raises(ConfigError, match=r"config field `xlco.batch_size`: 4 / train.grad_accum_steps 1 = 4 "
+                                          r"examples per microbatch, not a multiple of the 8 batch shards"):
+        lower_train_step(config, jax.devices()[:8])

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from tests.helpers import write_corpus
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 LANGUAGES = ("en", "el", "sw", "cy")
 
@@ -30,11 +32,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def corpus_dir(shared_data, tmp_path_factory) -> pathlib.Path:
-    directory = tmp_path_factory.mktemp("corpus")
-    for lang in LANGUAGES:
-        lines = (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-        (directory / f"{lang}.txt").write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
-    return directory
+    return write_corpus(tmp_path_factory.mktemp("corpus"), shared_data, LANGUAGES, 300)
 
 
 def command(workdir, corpus_dir, *extra) -> list[str]:
@@ -55,14 +53,19 @@ def run(workdir, corpus_dir, *extra, devices: int = 1) -> subprocess.CompletedPr
     return result
 
 
-def losses(workdir) -> dict[int, float]:
-    """Per-step training loss from metrics.jsonl; a re-run step keeps its last value."""
+def rows(workdir) -> dict[int, dict]:
+    """metrics.jsonl's training rows by step; a re-run step keeps its last row."""
     by_step = {}
     for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "loss" in row:
-            by_step[row["step"]] = row["loss"]
+            by_step[row["step"]] = row
     return by_step
+
+
+def losses(workdir) -> dict[int, float]:
+    """Per-step training loss from metrics.jsonl; a re-run step keeps its last value."""
+    return {step: row["loss"] for step, row in rows(workdir).items()}
 
 
 def wait_for(predicate, process, timeout=300.0):

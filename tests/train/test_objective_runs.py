@@ -5,7 +5,6 @@ the alternate schedule, and evaluation / export of a run whose state holds objec
 The corpus is real text from ../shared/data: monolingual en, el, sw, cy and 300 en-sw pairs
 (TICO-19), so MLM, TLM, XLCo, the language discriminator and pair classification all train.
 """
-import json
 import pathlib
 import shutil
 import signal
@@ -15,7 +14,8 @@ import sys
 
 import pytest
 
-from tests.train.test_loop import REPO_ROOT, command, environment, run, wait_for
+from tests.helpers import write_corpus
+from tests.train.test_loop import REPO_ROOT, command, environment, rows, run, wait_for
 
 LANGUAGES = ("en", "el", "sw", "cy")
 ALL_OBJECTIVES = ("mlm", "tlm", "xlco", "adversarial", "pair_classification")
@@ -27,23 +27,8 @@ MIX = [f"--config.objectives.{name}=1" for name in ALL_OBJECTIVES] + [
 
 @pytest.fixture(scope="module")
 def pair_corpus(shared_data, tmp_path_factory) -> pathlib.Path:
-    directory = tmp_path_factory.mktemp("pair_corpus")
-    for lang in LANGUAGES:
-        lines = (shared_data / "mono" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-        (directory / f"{lang}.txt").write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
-    pairs = (shared_data / "parallel" / "tico19" / "en-sw.tsv").read_text(encoding="utf-8").splitlines()
-    (directory / "en-sw.tsv").write_text("\n".join(pairs[:300]) + "\n", encoding="utf-8")
-    return directory
-
-
-def rows(workdir) -> dict[int, dict]:
-    """metrics.jsonl's training rows by step; a re-run step keeps its last row."""
-    by_step = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            by_step[row["step"]] = row
-    return by_step
+    return write_corpus(tmp_path_factory.mktemp("pair_corpus"), shared_data, LANGUAGES, 300,
+                        pairs={"en-sw": "tico19"})
 
 
 def mixed(workdir, corpus, *extra):
