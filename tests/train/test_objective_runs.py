@@ -76,9 +76,8 @@ def test_resume_after_kill_reproduces_every_objective_exactly(pair_corpus, unint
     assert {s: [again[s][k] for k in keys] for s in again} == {s: [expected[s][k] for k in keys] for s in expected}
 
 
-def test_two_processes_match_one_process_for_the_mix(pair_corpus, tmp_path):
-    single = tmp_path / "single"
-    run(single, pair_corpus, *MIX, "--config.mesh.rules=fsdp", devices=2)
+def test_two_processes_match_one_process_for_the_mix(pair_corpus, uninterrupted_mix, tmp_path):
+    """Two processes on 127.0.0.1 (gloo), one CPU device each, fsdp == one process on one device."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -90,7 +89,7 @@ def test_two_processes_match_one_process_for_the_mix(pair_corpus, tmp_path):
         for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
-    one, two = rows(single), rows(multi)
+    one, two = uninterrupted_mix[2], rows(multi)
     assert sorted(one) == sorted(two) == list(range(1, 9))
     for step in one:
         for name in ALL_OBJECTIVES:

@@ -8,10 +8,12 @@ language-adversarial. They train on the built-in corpus in the 13 languages of t
 suite's Tatoeba evaluation (English and its 12 partners: `data.languages`, so that the
 corpus's 12 en-xx pair sets carry the pairs instead of 172). Each arm is an ordinary run
 directory <workdir>/<arm>: a finished arm is skipped, an interrupted one resumes. Each is
-then evaluated by Tatoeba retrieval twice: XTREME's protocol (mean-pooled middle layer) and
-XLCo's own vector (the `<s>` state of the layer it trains); the random-init baseline (the
-same architecture and tokenizer, untrained) is the fifth row. Writes <workdir>/study.md and
-<workdir>/study.json.
+then evaluated by retrieval (accuracy@1) on Tatoeba with XTREME's protocol (mean-pooled
+middle layer) and with XLCo's own vector (the `<s>` state of the layer it trains), and on
+held-out pairs of the corpus itself (<workdir>/heldout_pairs: en-xx UI strings the arms never
+train on: beyond the demo's 5,000-sentence cap, and neither side among the trained ones) with
+both poolings; the random-init baseline (the same architecture and tokenizer, untrained) is
+the fifth row. Writes <workdir>/study.md and <workdir>/study.json.
 """
 import json
 import os
@@ -31,7 +33,10 @@ from xlm_jax.train.loop import train_and_evaluate
 CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs")
 ARMS = {"mlm": "demo", "mlm_tlm": "demo_tlm", "mlm_tlm_xlco": "demo_xlco", "mlm_adversarial": "demo_adversarial"}
 LANGUAGES = "en,de,fr,es,it,pt,nl,ru,pl,tr,el,ar,zh_CN"   # the corpus's names of the demo's Tatoeba languages
-EVALUATORS = {"tatoeba": "mean-pooled middle layer (XTREME)", "tatoeba_first": "<s> at XLCo's layer"}
+EVALUATORS = {"tatoeba": "Tatoeba, mean-pooled middle layer (XTREME)", "tatoeba_first": "Tatoeba, <s> at XLCo's layer",
+              "heldout": "held-out corpus pairs, mean-pooled middle layer",
+              "heldout_first": "held-out corpus pairs, <s> at XLCo's layer"}
+HELDOUT_PAIRS = 500     # per language
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study: one run directory per arm.")
 _ARMS = flags.DEFINE_list("arms", list(ARMS), f"Arms to run: {', '.join(ARMS)}.")
@@ -39,13 +44,35 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Updates per arm (0 = the demo's 30
 flags.mark_flags_as_required(["workdir"])
 
 
-def arm_config(arm: str, steps: int = 0):
+def heldout_pairs(directory: str, cap: int) -> list[str]:
+    """Writes <directory>/en-<xx>.tsv: up to HELDOUT_PAIRS of the built-in corpus's en-xx pairs
+    past the first `cap` (data.max_sentences_per_language, all a run reads) whose sides are not
+    among those; returns the files."""
+    from xlm_jax.data.gettext_corpus import read_gettext_catalogs
+    corpus, files = read_gettext_catalogs(), []
+    os.makedirs(directory, exist_ok=True)
+    trained = {line for lang in LANGUAGES.split(",") for line in corpus.mono.get(lang, [])[:cap]}
+    for lang in LANGUAGES.split(",")[1:]:
+        unseen = [(en, xx) for en, xx in corpus.parallel[("en", lang)][cap:]
+                  if en not in trained and xx not in trained and "\t" not in en + xx]
+        files.append(os.path.join(directory, f"en-{lang}.tsv"))
+        with open(files[-1], "w", encoding="utf-8") as f:
+            f.writelines(f"{en}\t{xx}\n" for en, xx in unseen[:HELDOUT_PAIRS])
+    return files
+
+
+def arm_config(arm: str, steps: int = 0, heldout: str = ""):
+    """The arm's recipe on the study's languages, `steps` updates (0 = the demo's), evaluated on
+    the `heldout` pair files too (comma-separated) when given."""
     config = sibling_config(os.path.join(CONFIGS, "demo.py"), ARMS[arm])
     config.data.shards = 4          # every arm's batches split the same way
     config.data.languages = LANGUAGES
-    config.evals.tatoeba_first = config.evals.tatoeba.copy_and_resolve_references()
-    config.evals.tatoeba_first.pooling = "first"
-    config.evals.tatoeba_first.layer = str(CrossLingualContrast(config, 1.0, None).depth)
+    xlco_layer = str(CrossLingualContrast(config, 1.0, None).depth)
+    tatoeba = config.evals.tatoeba
+    config.evals.tatoeba_first = dict(tatoeba.to_dict(), pooling="first", layer=xlco_layer)
+    if heldout:
+        config.evals.heldout = dict(tatoeba.to_dict(), data=heldout, languages="", max_pairs=HELDOUT_PAIRS)
+        config.evals.heldout_first = dict(config.evals.heldout.to_dict(), pooling="first", layer=xlco_layer)
     if steps:
         config.train.num_steps = steps
         config.train.warmup_steps = min(config.train.warmup_steps, steps // 10)
@@ -53,9 +80,9 @@ def arm_config(arm: str, steps: int = 0):
     return config
 
 
-def run_arm(arm: str, workdir: str, steps: int = 0) -> dict:
-    """Trains the arm unless its last checkpoint is there, then evaluates it: the evaluator's record."""
-    config = arm_config(arm, steps)
+def run_arm(arm: str, workdir: str, steps: int, heldout: str) -> dict:
+    """Trains the arm unless its last checkpoint is there, then evaluates it: the evaluators' records."""
+    config = arm_config(arm, steps, heldout)
     checkpoints = Checkpoints(workdir, config.checkpoint.keep, async_save=False, read_only=True)
     done = checkpoints.latest_step() == config.train.num_steps
     checkpoints.close()
@@ -70,7 +97,7 @@ def table(records: dict) -> str:
     """Markdown: one row per arm and the random-init baseline, accuracy@1 per language and mean."""
     first = next(iter(records.values()))
     languages = list(first["per_language"])
-    metric = next(iter(first["per_language"][languages[0]]))
+    metric = "acc" if "acc" in first["per_language"][languages[0]] else next(iter(first["per_language"][languages[0]]))
     rows = {arm: record["per_language"] for arm, record in records.items()}
     rows["random init"] = first["random_init"]["per_language"]
     lines = [f"| arm | mean {metric} | " + " | ".join(languages) + " |",
@@ -89,7 +116,9 @@ def main(argv):
     unknown = sorted(set(_ARMS.value) - set(ARMS))
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    records = {arm: run_arm(arm, os.path.join(_WORKDIR.value, arm), _STEPS.value) for arm in _ARMS.value}
+    cap = arm_config(_ARMS.value[0]).data.max_sentences_per_language
+    heldout = ",".join(heldout_pairs(os.path.join(_WORKDIR.value, "heldout_pairs"), cap))
+    records = {arm: run_arm(arm, os.path.join(_WORKDIR.value, arm), _STEPS.value, heldout) for arm in _ARMS.value}
     steps = arm_config(_ARMS.value[0], _STEPS.value).train.num_steps
     report = f"# Tatoeba retrieval (accuracy@1) after {steps} updates\n"
     for name, what in EVALUATORS.items():
