@@ -24,6 +24,7 @@ from absl import flags, logging
 
 from xlm_jax import cli
 from xlm_jax.config import sibling_config
+from xlm_jax.errors import XlmJaxError
 from xlm_jax.objectives.xlco import CrossLingualContrast
 from xlm_jax.parallel.multihost import log
 from xlm_jax.train.checkpoints import Checkpoints
@@ -38,10 +39,14 @@ EVALUATORS = {"tatoeba": "Tatoeba, mean-pooled middle layer (XTREME)", "tatoeba_
               "heldout_first": "held-out corpus pairs, <s> at XLCo's layer"}
 HELDOUT_PAIRS = 500     # per language
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study: one run directory per arm.")
-_ARMS = flags.DEFINE_list("arms", list(ARMS), f"Arms to run: {', '.join(ARMS)}.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Updates per arm (0 = the demo's 300).")
-flags.mark_flags_as_required(["workdir"])
+
+
+def define_flags() -> None:
+    """The command's flags, defined when it runs (importing the module for its functions defines none)."""
+    flags.DEFINE_string("workdir", None, "Directory of the study: one run directory per arm.")
+    flags.DEFINE_list("arms", list(ARMS), f"Arms to run: {', '.join(ARMS)}.")
+    flags.DEFINE_integer("steps", 1000, "Updates per arm (0 = the demo's 300).")
+    flags.mark_flags_as_required(["workdir"])
 
 
 def heldout_pairs(directory: str, cap: int) -> list[str]:
@@ -111,24 +116,26 @@ def table(records: dict) -> str:
 
 def main(argv):
     del argv
+    workdir, arms, steps = flags.FLAGS.workdir, flags.FLAGS.arms, flags.FLAGS.steps
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
-    unknown = sorted(set(_ARMS.value) - set(ARMS))
+    unknown = sorted(set(arms) - set(ARMS))
     if unknown:
-        raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    cap = arm_config(_ARMS.value[0]).data.max_sentences_per_language
-    heldout = ",".join(heldout_pairs(os.path.join(_WORKDIR.value, "heldout_pairs"), cap))
-    records = {arm: run_arm(arm, os.path.join(_WORKDIR.value, arm), _STEPS.value, heldout) for arm in _ARMS.value}
-    steps = arm_config(_ARMS.value[0], _STEPS.value).train.num_steps
-    report = f"# Tatoeba retrieval (accuracy@1) after {steps} updates\n"
+        raise XlmJaxError(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    cap = arm_config(arms[0]).data.max_sentences_per_language
+    heldout = ",".join(heldout_pairs(os.path.join(workdir, "heldout_pairs"), cap))
+    records = {arm: run_arm(arm, os.path.join(workdir, arm), steps, heldout) for arm in arms}
+    steps = arm_config(arms[0], steps).train.num_steps
+    report = f"# Retrieval (accuracy@1, both directions) after {steps} updates\n"
     for name, what in EVALUATORS.items():
         report += f"\n## {what}\n\n" + table({arm: evaluated[name] for arm, evaluated in records.items()}) + "\n"
     log(report)
-    with open(os.path.join(_WORKDIR.value, "study.md"), "w") as f:
+    with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(report)
-    with open(os.path.join(_WORKDIR.value, "study.json"), "w") as f:
+    with open(os.path.join(workdir, "study.json"), "w") as f:
         json.dump(records, f, indent=2, default=float)
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
