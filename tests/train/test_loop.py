@@ -93,15 +93,19 @@ def uninterrupted(uninterrupted_run) -> dict[int, float]:
     return result
 
 
-def test_resume_after_kill_reproduces_uninterrupted_losses(corpus_dir, uninterrupted, tmp_path):
-    workdir = tmp_path / "killed"
-    process = subprocess.Popen(command(workdir, corpus_dir), cwd=REPO_ROOT, env=environment(),
+def kill_after_step_5(workdir, arguments) -> None:
+    """Runs `arguments` and kills it hard once step 3's checkpoint is finalized and step 5 has run past it."""
+    process = subprocess.Popen(arguments, cwd=REPO_ROOT, env=environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Kill hard once step 3's checkpoint is finalized and step 5 has run past it.
     wait_for(lambda: (workdir / "checkpoints" / "3").is_dir() and (workdir / "metrics.jsonl").exists()
              and max(losses(workdir), default=0) >= 5, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_resume_after_kill_reproduces_uninterrupted_losses(corpus_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "killed"
+    kill_after_step_5(workdir, command(workdir, corpus_dir))
     resumed = run(workdir, corpus_dir)
     assert "resumed from" in resumed.stdout and "/checkpoints/3" in resumed.stdout
     assert losses(workdir) == uninterrupted  # bit-exact on CPU

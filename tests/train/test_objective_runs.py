@@ -7,7 +7,6 @@ The corpus is real text from ../shared/data: monolingual en, el, sw, cy and 300 
 """
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sys
 import pytest
 
 from tests.helpers import write_corpus
-from tests.train.test_loop import REPO_ROOT, command, environment, rows, run, wait_for
+from tests.train.test_loop import REPO_ROOT, command, environment, kill_after_step_5, rows, run
 
 LANGUAGES = ("en", "el", "sw", "cy")
 ALL_OBJECTIVES = ("mlm", "tlm", "xlco", "adversarial", "pair_classification")
@@ -63,12 +62,7 @@ def test_resume_after_kill_reproduces_every_objective_exactly(pair_corpus, unint
     encoder: after a kill -9 and a resume from step 3 every objective's loss is the same bits."""
     _, _, expected = uninterrupted_mix
     workdir = tmp_path / "killed"
-    process = subprocess.Popen(mixed(workdir, pair_corpus), cwd=REPO_ROOT, env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (workdir / "checkpoints" / "3").is_dir() and (workdir / "metrics.jsonl").exists()
-             and max(rows(workdir), default=0) >= 5, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_step_5(workdir, mixed(workdir, pair_corpus))
     resumed = run(workdir, pair_corpus, *MIX)
     assert "/checkpoints/3" in resumed.stdout
     again = rows(workdir)
