@@ -170,3 +170,35 @@ def test_read_only_creates_nothing(tmp_path):
     assert checkpoints.latest_step() is None
     checkpoints.close()
     assert not (tmp_path / "absent").exists()
+
+
+def _save_raw(workdir, step: int, state: dict) -> None:
+    """A checkpoint of `state` as written before TrainState had `extra` (or by another config)."""
+    import orbax.checkpoint as ocp
+    checkpoints = Checkpoints(str(workdir), keep=3, async_save=False)
+    checkpoints._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"next_step": step})))
+    checkpoints.close()
+
+
+def test_a_checkpoint_written_before_objective_state_existed_resumes_with_empty_extra(tmp_path):
+    old = _state(4)
+    _save_raw(tmp_path, 4, {"step": old.step, "params": old.params, "opt_state": old.opt_state})
+    checkpoints = Checkpoints(str(tmp_path), keep=3, async_save=False)
+    state, data = checkpoints.restore(_abstract())
+    checkpoints.close()
+    assert isinstance(state, TrainState) and state.extra == {} and data["next_step"] == 4
+    np.testing.assert_array_equal(state.params["layer"]["bias"], old.params["layer"]["bias"])
+
+
+def test_objective_state_of_other_objectives_is_a_clear_error_that_moves_nothing(tmp_path):
+    old = _state(4)
+    _save_raw(tmp_path, 4, {"step": old.step, "params": old.params, "opt_state": old.opt_state,
+                            "extra": {"xlco": {"queue": jnp.zeros((8, 4))}}})
+    before = _files(tmp_path)
+    checkpoints = Checkpoints(str(tmp_path), keep=3, async_save=False)
+    with pytest.raises(CheckpointError, match=r"holds the state of objective\(s\) xlco, this config's objectives "
+                                              r"keep state for none: resume with the objectives that wrote it"):
+        checkpoints.restore(_abstract())
+    checkpoints.close()
+    assert _files(tmp_path) == before

@@ -127,9 +127,14 @@ class Checkpoints:
     def _restore_step(self, abstract_state, step: int, params_only: bool):
         if not params_only:
             self.check_compatible(abstract_state.params, step)
+            has_extra = self._check_objective_state(abstract_state.extra, step)
+            # A checkpoint written before TrainState had `extra` restores into the fields it has.
+            target = abstract_state if has_extra else {"step": abstract_state.step, "params": abstract_state.params,
+                                                       "opt_state": abstract_state.opt_state}
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-            return restored.state, restored.data
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+            state = restored.state if has_extra else abstract_state.replace(**restored.state, extra={})
+            return state, restored.data
         self.check_compatible(abstract_state["params"], step, ignore=("objectives/",))
         if self._partial_reader is None:   # the same files, read by the handler that can skip parts
             self._partial_reader = ocp.CheckpointManager(
@@ -163,12 +168,26 @@ class Checkpoints:
         if self._partial_reader is not None:
             self._partial_reader.reload()
 
+    def _stored_state(self, step: int) -> dict:
+        stored = self._manager.item_metadata(step).state
+        return getattr(stored, "tree", stored)  # damaged metadata fails here: not an error of ours
+
+    def _check_objective_state(self, abstract_extra, step: int) -> bool:
+        """Whether the checkpoint has TrainState.extra; a CheckpointError if it holds the state of
+        other objectives than `abstract_extra` (XLCo's queue, say) or lacks theirs."""
+        stored = self._stored_state(step).get("extra")
+        have, want = sorted(stored or {}), sorted(abstract_extra)
+        if have != want:
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} holds the state of objective(s) "
+                f"{', '.join(have) or 'none'}, this config's objectives keep state for {', '.join(want) or 'none'}: "
+                "resume with the objectives that wrote it (see config.json there), or use a new --workdir")
+        return stored is not None
+
     def check_compatible(self, abstract_params, step: int, ignore: tuple[str, ...] = ()) -> None:
         """Raises CheckpointError unless the stored params are `abstract_params` (but for paths
         starting with one of `ignore`)."""
-        stored = self._manager.item_metadata(step).state
-        stored = getattr(stored, "tree", stored)["params"]  # damaged metadata fails here: not an error of ours
-        want, have = _flat_shapes(abstract_params), _flat_shapes(stored)
+        want, have = _flat_shapes(abstract_params), _flat_shapes(self._stored_state(step)["params"])
         have = {path: shape for path, shape in have.items() if not path.startswith(ignore)}
         hint = ("the checkpoint was written by a run with a different model config; "
                 "use a new --workdir or the config that wrote it (see config.json there)")
