@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from xlm_jax.config import default_config
-from xlm_jax.data import pipeline
+from xlm_jax.data import prepare
 from xlm_jax.data.masking import max_predictions
-from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.data.pipeline import eval_batches, train_batches
+from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.streams import StreamSpec, batch_spec
 from xlm_jax.data.sampling import temperature_probs
 from xlm_jax.data.text import read_text
@@ -164,7 +165,7 @@ def test_tokenizer_is_reused_from_the_workdir(prepared, config, workdir, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("the tokenizer was retrained")
 
-    monkeypatch.setattr(pipeline, "train_sentencepiece", no_training)
+    monkeypatch.setattr(prepare, "train_sentencepiece", no_training)
     logs = []
     again = prepare_data(config, workdir, log=logs.append)
     assert again.tokenizer.model_proto == data.tokenizer.model_proto

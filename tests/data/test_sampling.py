@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xlm_jax.config import default_config, validate
-from xlm_jax.data.pipeline import PretrainData, train_batches
+from xlm_jax.data.pipeline import train_batches
+from xlm_jax.data.prepare import PretrainData
 from xlm_jax.data.sampling import language_probs, parse_language_probs, sampling_table, temperature_probs
 from xlm_jax.errors import ConfigError, DataError
 
@@ -188,7 +189,7 @@ CORPUS = {"en": ["ab ba"] * 200, "sw": ["abab baba abba " * 4] * 50}   # en: man
 
 
 def _prepare(tmp_path, train_tokenizer=False, **data_fields):
-    from xlm_jax.data.pipeline import prepare_data
+    from xlm_jax.data.prepare import prepare_data
     from xlm_jax.data.tokenizers import save_tokenizer
     from xlm_jax.data.wordpiece import WordPieceTokenizer
 
@@ -248,7 +249,7 @@ def test_bounds_of_languages_not_in_the_corpus_fail_at_data_prep(tmp_path):
 
 
 def test_the_tokenizer_is_trained_on_the_same_q(tmp_path, monkeypatch):
-    from xlm_jax.data import pipeline
+    from xlm_jax.data import prepare
     from xlm_jax.data.wordpiece import WordPieceTokenizer
 
     seen = {}
@@ -257,6 +258,6 @@ def test_the_tokenizer_is_trained_on_the_same_q(tmp_path, monkeypatch):
         seen.update(probs)
         return WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "##a", "##b"])
 
-    monkeypatch.setattr(pipeline, "train_sentencepiece", fake_training)
+    monkeypatch.setattr(prepare, "train_sentencepiece", fake_training)
     data, _ = _prepare(tmp_path, train_tokenizer=True, language_floors="sw:0.5")
     assert seen == pytest.approx({"en": 0.5, "sw": 0.5}) and data.probs == pytest.approx([0.5, 0.5])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from xlm_jax.config import default_config, validate
-from xlm_jax.data.pipeline import eval_batches, prepare_data, train_batches
+from xlm_jax.data.pipeline import eval_batches, train_batches
+from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.text import Processes, read_text, tokenizer_text
 from xlm_jax.errors import DataError
 

@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from xlm_jax.config import default_config, validate
 from xlm_jax.data import pipeline
-from xlm_jax.data.examples import _fair_lengths, tlm_example, xlco_pair
+from xlm_jax.data.examples import _fair_lengths, fair_lengths, tlm_example, xlco_pair
 from xlm_jax.data.gettext_corpus import DEFAULT_LOCALE_DIRS
 from xlm_jax.data.masking import mask_example, max_predictions
-from xlm_jax.data.pipeline import prepare_data, train_batches
+from xlm_jax.data.pipeline import train_batches
+from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.sampling import temperature_probs
 from xlm_jax.data.streams import Field, StreamSpec, batch_spec, check_streams, stream_fields
 from xlm_jax.data.text import read_text
@@ -311,7 +312,7 @@ def test_tf_layouts_equal_the_numpy_examples_on_real_pairs(prepared, corpus):
     tok = data.tokenizer
     n_a, n_b = (x.ravel() for x in np.meshgrid(np.arange(34), np.arange(34)))
     for budget in (4, 5, 28):   # elementwise over every pair of lengths
-        kept = np.stack([k.numpy() for k in pipeline.fair_lengths(tf.constant(n_a), tf.constant(n_b), budget)], 1)
+        kept = np.stack([k.numpy() for k in fair_lengths(tf.constant(n_a), tf.constant(n_b), budget, tf.where)], 1)
         np.testing.assert_array_equal(kept, [_fair_lengths(a, b, budget) for a, b in zip(n_a, n_b)])
     sides = [tf.TensorSpec([None], tf.int32)] * 2
     styles = {(positions, offset): tf.function(functools.partial(

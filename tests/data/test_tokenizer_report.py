@@ -102,7 +102,7 @@ def test_train_tokenizer_mode(corpus_dir, tmp_path):
 
 
 def test_prepare_data_packs_bytes(corpus_dir, tmp_path):
-    from xlm_jax.data.pipeline import prepare_data
+    from xlm_jax.data.prepare import prepare_data
     config = default_config()
     config.data.corpus_dir, config.data.tokenizer, config.model.vocab_size = str(corpus_dir), "bytes", 261
     config.data.seq_len = 64

@@ -100,6 +100,17 @@ def _fair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     return half_a, half_b
 
 
+def fair_lengths(len_a, len_b, budget: int, where=np.where):
+    """_fair_lengths over arrays of lengths, with the array library's `where` (np.where, tf.where,
+    jnp.where): one rule for the pipeline's TF rows and the pair classifier's on-device rows."""
+    half_b = budget // 2
+    half_a = budget - half_b
+    fits, short_a, short_b = len_a + len_b <= budget, len_a <= half_a, len_b <= half_b
+    keep_a = where(fits | short_a, len_a, where(short_b, budget - len_b, half_a))
+    keep_b = where(fits, len_b, where(short_a, budget - len_a, where(short_b, len_b, half_b)))
+    return keep_a, keep_b
+
+
 def tlm_example(src_ids: np.ndarray, tgt_ids: np.ndarray, seq_len: int, tok, *, positions: str = "continuous",
                 src_lang: int = 0, tgt_lang: int = 0, position_offset: int | None = None) -> dict[str, np.ndarray]:
     """One translation-LM example: `<s> src </s></s> tgt </s>` padded to seq_len; int32 [seq_len] each.

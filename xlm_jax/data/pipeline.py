@@ -1,5 +1,5 @@
-"""This process's shards -> tokenizer -> packed blocks (and tokenized translation pairs) once
-per run, then stateless, resumable batches of every stream (xlm_jax.data.streams).
+"""Stateless, resumable batches of every stream (xlm_jax.data.streams) from the data that
+xlm_jax.data.prepare packed once per run (blocks, tokenized translation pairs).
 
 Row j of step t's global batch of stream o (B_o rows) belongs to shard s = j * S // B_o
 (xlm_jax.data.shards); it is example k = t * B_o / S + (j - the shard's first row) of that
@@ -11,7 +11,6 @@ process from the shards it read, and adding a stream changes no other stream's r
 stream named "mlm" of kind "blocks" keeps the keys of the MLM-only pipeline (its batches
 are those of earlier runs); every other stream's keys derive from its name.
 """
-import dataclasses
 import functools
 import itertools
 import zlib
@@ -20,217 +19,14 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from xlm_jax.data.examples import pack_text
-from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, token_counts, word_start_table
-from xlm_jax.data.sampling import language_probs, sampling_table, temperature_probs
+from xlm_jax.data.examples import fair_lengths
+from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, word_start_table
+from xlm_jax.data.prepare import PretrainData
 from xlm_jax.data.shards import row_shard
 from xlm_jax.data.streams import PAIR_KINDS, StreamSpec, check_schedule, check_streams
-from xlm_jax.data.text import EVAL_DIVISOR, MIN_SHARD_SENTENCES, CorpusText, Processes, read_text, tokenizer_text
-from xlm_jax.data.tokenizers import (ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer, tokenizer_kind,
-                                     tokenizer_path, train_sentencepiece)
-from xlm_jax.errors import ConfigError, DataError
 
 _SAMPLE_STREAM, _MASK_STREAM, _EVAL_STREAM = 0, 1, 2
 _EVAL_SEED = 20_200_101      # fixed, not train.seed: runs with different seeds see the same eval batches
-
-
-@dataclasses.dataclass(frozen=True)
-class PairTable:
-    """One shard's translation pairs of one language pair, tokenized and ragged: side k (0 = src,
-    1 = tgt) of pair i is tokens[offsets[2i + k]:offsets[2i + k + 1]]. Sides are cut to
-    seq_len - 2 tokens, the most any layout keeps (examples.xlco_pair; tlm_example keeps less)."""
-    tokens: np.ndarray    # int32 [T]
-    offsets: np.ndarray   # int64 [2N + 1]
-
-    def __len__(self) -> int:
-        return (len(self.offsets) - 1) // 2
-
-    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        start, middle, end = self.offsets[2 * i:2 * i + 3]
-        return self.tokens[start:middle], self.tokens[middle:end]
-
-
-def pair_table(tokenizer: Tokenizer, rows: list[tuple[str, str]], max_side: int) -> PairTable:
-    """PairTable of (src, tgt) sentence pairs, each side encoded and cut to max_side tokens."""
-    sides = [ids[:max_side] for ids in tokenizer.encode([side for row in rows for side in row])]
-    offsets = np.zeros(len(sides) + 1, np.int64)
-    np.cumsum([len(ids) for ids in sides], out=offsets[1:])
-    tokens = np.concatenate(sides).astype(np.int32, copy=False) if sides else np.zeros(0, np.int32)
-    return PairTable(tokens, offsets)
-
-
-@dataclasses.dataclass
-class PretrainData:
-    """This process's packed shards, and what every process agrees on."""
-    languages: list[str]                 # sorted
-    probs: list[float]                   # q_i aligned with languages
-    counts: dict[str, int]               # n_i of q_i over all shards: training sentences or tokens (data.sampling_unit)
-    tokenizer: Tokenizer
-    num_shards: int                      # S
-    shards: range                        # this process's
-    train_blocks: list[list[np.ndarray]]  # [language][shard - shards.start] -> [N, seq_len] int32; a replicated
-    eval_blocks: list[list[np.ndarray]]   # language has its whole blocks (one array) in each; [0, seq_len] if none
-    evaluated: list[str]                 # languages with held-out text in every shard (replicated: at all)
-    replicated: list[str] = dataclasses.field(default_factory=list)
-    token_counts: np.ndarray | None = None   # [vocab] of all shards' training blocks, for data.mask_sample_alpha
-    # Translation pairs, for the "tlm" and "pairs" streams (prepare_data(pairs=True)); all training.
-    pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (src, tgt), sorted
-    pair_probs: list[float] = dataclasses.field(default_factory=list)       # q_i aligned with pairs
-    pair_counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)   # over all shards
-    train_pairs: list[list[PairTable]] = dataclasses.field(default_factory=list)   # [pair][shard - shards.start]
-    replicated_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (its table in each)
-
-
-def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print, *,
-                 processes: Processes = Processes(), text: CorpusText | None = None,
-                 pairs: bool = False) -> PretrainData:
-    """Reads this process's shards (unless `text` is given), gets the tokenizer (process 0 trains
-    it, or everyone loads it from workdir) and packs blocks; every process calls it together.
-    With `pairs`, also tokenizes the translation pairs of its shards, for the TLM and pair
-    streams (`text`, if given, must come from read_text(..., pairs=True))."""
-    d = config.data
-    if text is None:
-        text = read_text(config, processes, log, pairs=pairs)
-    if pairs:
-        _check_pairs(text)
-    languages = text.languages
-    _check_language_embeddings(config, languages)
-    counts, probs = text.sentence_probs()
-    # Token counts need the tokenizer: one trained for a "tokens" run samples its training
-    # sentences by these sentence-count q_i.
-    tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)
-
-    def pack(sentences: list[str]) -> np.ndarray:
-        return pack_text(tokenizer.encode(sentences), d.seq_len, tokenizer, d.packing)
-
-    def blocks(lang: str, shards: list[list[str]]) -> list[np.ndarray]:   # a replicated language is packed once
-        return [pack(shards[0])] * len(shards) if lang in text.replicated else [pack(x) for x in shards]
-
-    train_blocks = [blocks(lang, text.train[lang]) for lang in languages]
-    eval_blocks = [blocks(lang, text.held_out[lang]) for lang in languages]
-    totals = _global_totals(text, train_blocks, eval_blocks, tokenizer, processes,
-                            vocab_size=tokenizer.vocab_size if d.mask_sample_alpha else 0)
-    if d.sampling_unit == "tokens":  # every token of the packed text but padding, <s> and </s> included
-        counts = dict(zip(languages, totals["tokens"].tolist()))
-        probs = language_probs(counts, d.alpha, d.language_caps, d.language_floors)
-    bounds = "".join(f", {name} {value}" for name, value in (("caps", d.language_caps),
-                                                             ("floors", d.language_floors)) if value)
-    log(f"language sampling (alpha={d.alpha}, n_i in {d.sampling_unit}{bounds}):\n"
-        + sampling_table(counts, probs, unit=d.sampling_unit, blocks=dict(zip(languages, totals["blocks"].tolist())),
-                         examples=config.train.num_steps * config.train.batch_size))
-    evaluated = [lang for lang in languages if text.held_out_sizes(lang).min() > 0]
-    skipped = [lang for lang in languages if lang not in evaluated]
-    if skipped:
-        log(f"not evaluated (no held-out text: fewer than {EVAL_DIVISOR} sentences, or "
-            f"data.eval_sentences_per_language=0): {', '.join(skipped)}")
-    log(f"packed {totals['blocks'].sum():,} train and {totals['eval_blocks'].sum():,} eval blocks "
-        f"of {d.seq_len} tokens in {len(languages)} languages over {text.plan.num_shards} shards")
-    return PretrainData(languages=languages, probs=[probs[lang] for lang in languages], counts=counts,
-                        tokenizer=tokenizer, num_shards=text.plan.num_shards, shards=text.shards,
-                        train_blocks=train_blocks, eval_blocks=eval_blocks, evaluated=evaluated,
-                        replicated=list(text.replicated), token_counts=totals.get("token_counts"),
-                        **(_prepare_pairs(text, tokenizer, config, log) if pairs else {}))
-
-
-def _check_pairs(text: CorpusText) -> None:
-    if text.parallel is None:
-        raise ValueError("prepare_data(pairs=True) needs the text read with read_text(..., pairs=True)")
-    if not text.pairs:
-        raise DataError(f"{text.origin} holds no translation pairs, which the TLM and pair streams read; "
-                        "pairs come from <src>-<tgt>.tsv files (source<TAB>target a line) in data.corpus_dir "
-                        "or data.files, from the <src>-<tgt> splits of a data.prepared_corpus, or from the "
-                        "built-in gettext corpus (no data source set)")
-
-
-def _check_language_embeddings(config, languages: list[str]) -> None:
-    """XLM's language embeddings need a row per corpus language (language ids index data.languages)."""
-    n = config.model.num_languages
-    if 0 < n < len(languages):
-        raise ConfigError(f"config field `model.num_languages`: got {n}, but the corpus has {len(languages)} "
-                          f"languages ({', '.join(languages)}); set --config.model.num_languages="
-                          f"{len(languages)} (or 0 for no language embeddings)")
-
-
-def _prepare_pairs(text: CorpusText, tokenizer: Tokenizer, config, log) -> dict:
-    """PretrainData's pair fields: n_i = translation pairs over all shards, q_i by data.alpha as
-    over languages, and this process's tokenized pairs (a replicated pair's tokenized once)."""
-    counts = dict(zip(text.pairs, text.pair_sentences.sum(1).tolist()))
-    named = {f"{src}-{tgt}": n for (src, tgt), n in counts.items()}
-    probs = temperature_probs(named, config.data.alpha)
-    max_side = config.data.seq_len - 2
-
-    def tables(pair) -> list[PairTable]:
-        shards = text.parallel[pair]
-        if pair in text.replicated_pairs:
-            return [pair_table(tokenizer, shards[0], max_side)] * len(shards)
-        return [pair_table(tokenizer, rows, max_side) for rows in shards]
-
-    log(f"language-pair sampling (alpha={config.data.alpha}, n_i in translation pairs; TLM and pair streams):\n"
-        + sampling_table(named, probs, unit="pairs", label="pair"))
-    replicated = ", ".join(f"{src}-{tgt}" for src, tgt in text.replicated_pairs)
-    note = (f"; replicated (fewer than {MIN_SHARD_SENTENCES} pairs in some shard, read whole by every process): "
-            f"{replicated}" if replicated else "")
-    log(f"translation pairs: {sum(counts.values()):,} in {len(counts)} language pairs over "
-        f"{text.plan.num_shards} shards{note}")
-    return dict(pairs=list(text.pairs), pair_probs=[probs[name] for name in named], pair_counts=counts,
-                train_pairs=[tables(pair) for pair in text.pairs], replicated_pairs=list(text.replicated_pairs))
-
-
-def _global_totals(text: CorpusText, train_blocks, eval_blocks, tokenizer, processes: Processes,
-                   vocab_size: int) -> dict[str, np.ndarray]:
-    """Per language over all shards: "tokens" (non-padding, of the training blocks), "blocks",
-    "eval_blocks"; and "token_counts" [vocab] of all training blocks when vocab_size > 0.
-    Each process counts its shards; a replicated language, which every process holds, is
-    counted once, after the sum."""
-    shape = (3, len(text.languages))
-    local, replicated = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    ids_local, ids_replicated = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, np.int64)
-    for i, lang in enumerate(text.languages):
-        shards = [train_blocks[i][0]] if lang in text.replicated else train_blocks[i]
-        held = [eval_blocks[i][0]] if lang in text.replicated else eval_blocks[i]
-        into, ids = (replicated, ids_replicated) if lang in text.replicated else (local, ids_local)
-        into[:, i] = (sum(int(np.count_nonzero(b != tokenizer.pad_id)) for b in shards),
-                      sum(map(len, shards)), sum(map(len, held)))
-        if vocab_size:
-            ids += token_counts(shards, vocab_size)
-    summed = processes.sum(np.concatenate([local.ravel(), ids_local])) + np.concatenate([replicated.ravel(),
-                                                                                         ids_replicated])
-    totals = dict(zip(("tokens", "blocks", "eval_blocks"), summed[:local.size].reshape(shape)))
-    if vocab_size:
-        totals["token_counts"] = summed[local.size:]
-    return totals
-
-
-def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
-    """The run's tokenizer: loaded from the workdir when there (a resume must not retrain, and
-    init_from puts the imported model's SentencePiece or WordPiece tokenizer there), else trained."""
-    if workdir and tokenizer_path(workdir):
-        tokenizer, path = load_tokenizer(workdir), tokenizer_path(workdir)
-        if tokenizer.vocab_size != config.model.vocab_size:
-            raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but the run's "
-                              f"tokenizer {path} has {tokenizer.vocab_size} ids; set "
-                              f"--config.model.vocab_size={tokenizer.vocab_size} or use a new workdir")
-        kind = tokenizer_kind(tokenizer)     # a WordPiece file is only ever put there, never trained
-        if not config.init_from and kind != "wordpiece" and kind != config.data.tokenizer:
-            raise ConfigError(f"config field `data.tokenizer`: got {config.data.tokenizer!r}, but the run's "
-                              f"tokenizer {path} is {kind!r}; set --config.data.tokenizer={kind} or use a new workdir")
-        log(f"tokenizer: loaded {path} ({tokenizer.vocab_size} ids)")
-        return tokenizer
-    d = config.data
-    if d.tokenizer == "bytes":   # config.validate has checked model.vocab_size against its 261 ids
-        tokenizer = ByteTokenizer()
-        log(f"tokenizer: UTF-8 bytes ({tokenizer.vocab_size} ids)")
-    else:
-        tokenizer = train_sentencepiece(tokenizer_text(text, probs, d.tokenizer_sentences), probs,
-                                        config.model.vocab_size,
-                                        input_sentence_size=d.tokenizer_sentences,
-                                        character_coverage=d.character_coverage, byte_fallback=d.byte_fallback,
-                                        seed=config.train.seed, model_type=d.tokenizer)
-        log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece {d.tokenizer} model on "
-            f"{d.tokenizer_sentences:,} sampled sentences")
-    if workdir:
-        log(f"tokenizer: saved {save_tokenizer(tokenizer, workdir)}")
-    return tokenizer
 
 
 def _masker(data: PretrainData, config) -> Callable[[tf.Tensor, tf.Tensor], dict]:
@@ -461,21 +257,11 @@ def _pair_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables
     return build
 
 
-def fair_lengths(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """examples._fair_lengths in TF ops: the kept lengths of two sides sharing `budget` tokens."""
-    half_b = budget // 2
-    half_a = budget - half_b
-    fits, short_a, short_b = len_a + len_b <= budget, len_a <= half_a, len_b <= half_b
-    keep_a = tf.where(fits | short_a, len_a, tf.where(short_b, budget - len_b, half_a))
-    keep_b = tf.where(fits, len_b, tf.where(short_a, budget - len_a, tf.where(short_b, len_b, half_b)))
-    return keep_a, keep_b
-
-
 def tlm_layout(src_ids: tf.Tensor, tgt_ids: tf.Tensor, seq_len: int, tok, *, positions: str, position_offset: int,
                src_lang, tgt_lang) -> dict[str, tf.Tensor]:
     """examples.tlm_example in TF ops (the same layout, truncation, positions and language ids),
     for tf.data: int32 [seq_len] input_ids, position_ids, language_ids."""
-    keep_src, keep_tgt = fair_lengths(tf.size(src_ids), tf.size(tgt_ids), seq_len - 4)
+    keep_src, keep_tgt = fair_lengths(tf.size(src_ids), tf.size(tgt_ids), seq_len - 4, tf.where)
     ids = tf.concat([[tok.bos_id], src_ids[:keep_src], [tok.eos_id, tok.eos_id], tgt_ids[:keep_tgt],
                      [tok.eos_id]], axis=0)
     first, used = keep_src + 2, keep_src + keep_tgt + 4      # <s> src </s> | </s> tgt </s>

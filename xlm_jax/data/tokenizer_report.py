@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 
 from xlm_jax import config as config_lib
-from xlm_jax.data.pipeline import _tokenizer
+from xlm_jax.data.prepare import _tokenizer
 from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_kind
 from xlm_jax.workdir import make_workdir

@@ -7,7 +7,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from xlm_jax import config as config_lib
-from xlm_jax.data.pipeline import prepare_data
+from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.streams import PAIR_KINDS
 from xlm_jax.data.shards import num_shards
 from xlm_jax.data.text import read_text
