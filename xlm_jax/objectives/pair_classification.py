@@ -13,19 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xlm_jax.data.examples import fair_lengths
 from xlm_jax.models.encoder import param_with_axes
 from xlm_jax.objectives.base import Objective, StepContext
 from xlm_jax.train import metrics as metrics_lib
-
-
-def fair_lengths(len_a, len_b, budget: int):
-    """Kept lengths of two sides sharing `budget` tokens, the longer cut first (as
-    xlm_jax.data.examples' TLM rows): two long sides keep half each, the first the odd token."""
-    half_b = budget // 2
-    half_a = budget - half_b
-    keep_a = jnp.where(len_a + len_b <= budget, len_a,
-                       jnp.where(len_a <= half_a, len_a, jnp.where(len_b <= half_b, budget - len_b, half_a)))
-    return keep_a, jnp.minimum(len_b, budget - keep_a)
 
 
 def join_pair(x, y, pad_id: int):
@@ -35,7 +26,7 @@ def join_pair(x, y, pad_id: int):
     seq = x.shape[1]
     body_x = jnp.sum(x != pad_id, axis=1, keepdims=True) - 2          # x without its <s> and </s>
     body_y = jnp.sum(y != pad_id, axis=1, keepdims=True) - 2
-    keep_x, keep_y = fair_lengths(body_x, body_y, seq - 4)
+    keep_x, keep_y = fair_lengths(body_x, body_y, seq - 4, jnp.where)
     eos = jnp.take_along_axis(x, body_x + 1, axis=1)                   # x's own </s>, whatever the tokenizer
     p = jnp.arange(seq)[None, :]
     second = keep_x + 2                                                # <s> x </s> is keep_x + 2 tokens
