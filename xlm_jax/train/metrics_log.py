@@ -25,6 +25,7 @@ class MetricsLog:
     def __init__(self, workdir: str, config, total_steps: int, objectives=(), languages=(), probs=()):
         self.pending = []
         self.objectives = list(objectives)
+        self._costs = {}   # sorted batch names -> cost()
         self.languages, self.probs = list(languages), np.asarray(probs, np.float64)
         self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since start
         self.history = []
@@ -44,10 +45,13 @@ class MetricsLog:
         self.excluded_seconds = 0.0
 
     def cost(self, batch_names) -> tuple[int, float]:
-        """(input tokens, model FLOPs) of a step that trains on `batch_names`."""
-        trained = [o for o in self.objectives if o.batch_name in batch_names]
-        return (sum(o.tokens_per_step() for o in trained),
-                sum(sum(o.flops().values()) for o in trained))
+        """(input tokens, model FLOPs) of a step that trains on `batch_names`; counted once per set."""
+        key = tuple(sorted(batch_names))
+        if key not in self._costs:
+            trained = [o for o in self.objectives if o.batch_name in key]
+            self._costs[key] = (sum(o.tokens_per_step() for o in trained),
+                                sum(sum(o.flops().values()) for o in trained))
+        return self._costs[key]
 
     def add(self, step: int, metrics, batch_names, timed: bool = True) -> None:
         self.pending.append((step, metrics))
