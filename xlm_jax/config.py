@@ -13,11 +13,13 @@ from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTIONS = ("xla", "cudnn", "splash")   # model.attention: xlm_jax/models/attention.py
+FUSED_ATTENTIONS = ("cudnn", "splash")    # kernels without attention dropout
 SCHEDULES = ("linear", "polynomial", "constant", "inverse_sqrt")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
 SAMPLING_UNITS = ("sentences", "tokens")
 PACKINGS = ("stream", "lines")
-MODES = ("train", "evaluate", "export_hf", "train_tokenizer")
+MODES = ("train", "evaluate", "export_hf", "train_tokenizer", "plan")
 TOKENIZERS = ("unigram", "bpe", "bytes")   # SentencePiece unigram (XLM-R), SentencePiece BPE, UTF-8 bytes
 BYTE_VOCAB_SIZE = 261                      # data.tokenizer="bytes": xlm_jax.data.tokenizers.ByteTokenizer
 
@@ -46,6 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.initializer_range = 0.02
     m.dtype = "float32"          # compute dtype; params are always float32
     m.remat = "none"
+    m.attention = "xla"          # "xla" anywhere; "cudnn" (GPU, bfloat16) and "splash" (TPU) are fused
+                                 # kernels without attention dropout: they need attention_dropout_rate = 0
 
     c.data = d = ml_collections.ConfigDict()
     d.corpus_dir = ""            # dir of <lang>.txt[.gz], <src>-<tgt>.tsv[.gz]; all sources "" = gettext catalogs
@@ -103,6 +107,9 @@ def default_config() -> ml_collections.ConfigDict:
     t.max_consecutive_skips = 10  # with skip_nonfinite: stop once this many updates in a row were skipped
     t.seed = 0
     t.log_every = 50
+    t.check_memory = True         # stop at once when even a lower bound of the step's memory exceeds a device's
+    t.steps_per_call = 1         # updates per jitted call (scanned over stacked batches); logs, evals and
+                                 # checkpoints come between calls, so their intervals must be multiples of it
 
     # Evaluators by name (xlm_jax/evaluation): kind, every_steps (0 = only in --mode=evaluate and
     # the notebook), random_init_baseline, and the kind's own options. Held-out MLM loss on the
@@ -126,6 +133,12 @@ def default_config() -> ml_collections.ConfigDict:
     ms.fsdp = 1
     ms.tensor = 1
     ms.rules = "fsdp"
+
+    # --mode=plan: compile the train step for a target without its hardware (xlm_jax/plan):
+    # a Cloud TPU slice ("v5p-128", "v4-32", "v5e-256", "v6e-64") or GPUs ("8xH100", "16xH200");
+    # "" = this machine's own devices.
+    c.plan = p = ml_collections.ConfigDict()
+    p.target = ""
     return c
 
 
@@ -174,6 +187,15 @@ def _positive(config, field: str, allow_zero: bool = False) -> None:
              f"got {value!r}; must be a {'non-negative' if allow_zero else 'positive'} number")
 
 
+def check_attention_dropout(m: ml_collections.ConfigDict) -> None:
+    """The fused attention kernels never materialize the probabilities, so they cannot drop any:
+    refuse a rate they would silently ignore (also checked where the model runs)."""
+    _require(m.attention not in FUSED_ATTENTIONS or m.attention_dropout_rate == 0, "model.attention_dropout_rate",
+             f"got {m.attention_dropout_rate}, but model.attention={m.attention!r} is a fused kernel without "
+             "attention dropout; set --config.model.attention_dropout_rate=0 (as recent recipes do; hidden "
+             "dropout stays) or keep --config.model.attention=xla")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises ConfigError naming the first bad one."""
     expected = default_config()
@@ -193,6 +215,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     m, d, t = config.model, config.data, config.train
     _one_of(config, "model.dtype", DTYPES)
     _one_of(config, "model.remat", REMAT_POLICIES)
+    _one_of(config, "model.attention", ATTENTIONS)
+    _require(m.attention != "cudnn" or m.dtype == "bfloat16", "model.dtype",
+             f"got {m.dtype!r}, but model.attention=\"cudnn\" (cuDNN flash attention) takes only 16-bit inputs; "
+             "set --config.model.dtype=bfloat16 or --config.model.attention=xla")
     _one_of(config, "train.schedule", SCHEDULES)
     _one_of(config, "mesh.rules", RULE_PRESETS)
     _one_of(config, "data.sampling_unit", SAMPLING_UNITS)
@@ -216,9 +242,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                   "model.dropout_rate",
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
+    check_attention_dropout(m)
 
     _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
+    head_dim = m.hidden_size // m.num_heads
+    _require(m.attention != "cudnn" or (head_dim % 8 == 0 and head_dim <= 256), "model.num_heads",
+             f"head_dim = hidden_size / num_heads = {head_dim}, but cuDNN flash attention needs a multiple of 8, "
+             "at most 256 (128 before Hopper); change num_heads or use --config.model.attention=xla")
     _require(isinstance(m.pooler, bool), "model.pooler", f"got {m.pooler!r}; must be True or False")
     _require(m.position_offset in (0, m.pad_token_id + 1), "model.position_offset",
              f"got {m.position_offset}; use {m.pad_token_id + 1} (fairseq/XLM-R positions after "
@@ -236,6 +267,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0 <= d.mask_token_prob and 0 <= d.random_token_prob
              and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
              "mask_token_prob + random_token_prob must lie in [0, 1]")
+    _require(isinstance(t.check_memory, bool), "train.check_memory",
+             f"got {t.check_memory!r}; must be True or False")
+    if config.plan.target:
+        from xlm_jax.plan.targets import parse_target
+        parse_target(config.plan.target)
     _require(isinstance(d.whole_word_mask, bool), "data.whole_word_mask",
              f"got {d.whole_word_mask!r}; must be True or False")
     _require(isinstance(d.mask_sample_alpha, (int, float)) and d.mask_sample_alpha >= 0, "data.mask_sample_alpha",
@@ -271,4 +307,32 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
              "section is missing (start from xlm_jax.config.default_config())")
     check_objectives(config)
+    _check_steps_per_call(config)
     return config
+
+
+def _multiples_near(value: int, k: int) -> str:
+    below = value // k * k
+    return f"{below} or {below + k}" if below else f"{k}"
+
+
+def _check_steps_per_call(config) -> None:
+    """Logs, evals, checkpoints and the run's end fall between calls of train.steps_per_call updates."""
+    k = config.train.steps_per_call
+    _require(type(k) is int and k >= 1, "train.steps_per_call", f"got {k!r}; must be a positive int (1 = one "
+             "update per call)")
+    if k == 1:
+        return
+    _require(config.objective_schedule == "sum", "train.steps_per_call",
+             f"got {k}, but objective_schedule={config.objective_schedule!r} gives each update another "
+             "objective's batch, so consecutive updates are different programs and one call cannot scan them; "
+             "use steps_per_call=1 with \"alternate\", or objective_schedule=\"sum\"")
+    intervals = {"train.num_steps": config.train.num_steps, "train.log_every": config.train.log_every,
+                 "checkpoint.every_steps": config.checkpoint.every_steps}
+    for name, entry in config.evals.items():
+        if entry.get("every_steps"):
+            intervals[f"evals.{name}.every_steps"] = entry["every_steps"]
+    for field, value in intervals.items():
+        _require(value % k == 0, field, f"got {value}, not a multiple of train.steps_per_call={k} (logs, evals, "
+                 f"checkpoints and the end of the run fall between calls of {k} updates); use "
+                 f"{_multiples_near(value, k)}")

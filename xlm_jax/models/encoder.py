@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xlm_jax.models.attention import attend
 from xlm_jax.models.dropout import Dropout
 from xlm_jax.models.vocab_padding import padded_vocab_size
 
@@ -205,14 +206,14 @@ class SelfAttention(nn.Module):
     Their kernels keep the head axes apart (so tensor parallelism can split `heads`) and
     are stacked per call into [hidden, 3, heads, head_dim]: one [tokens, 3 * hidden]
     matmul instead of three [tokens, hidden] ones, which on CPU keeps the cores busier.
+    The attention itself runs as `model.attention` says (models/attention.py).
     """
     config: Any
 
     @nn.compact
-    def __call__(self, x, attention_bias, deterministic):
+    def __call__(self, x, attention_mask, deterministic):
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        head_dim = c.hidden_size // c.num_heads
         axes = ("batch", "length", "heads", "kv")
         weights = [ProjectionWeights(c, ("embed", "heads", "kv"), ("heads", "kv"), name=name)()
                    for name in ("query", "key", "value")]
@@ -221,11 +222,8 @@ class SelfAttention(nn.Module):
         qkv = over_tokens(lambda t: jnp.einsum("td,dchk->tchk", t, kernel), x.astype(dtype)) + bias
         query, key, value = (nn.with_logical_constraint(qkv[:, :, i], axes) for i in range(3))
 
-        query = query / jnp.sqrt(head_dim).astype(dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(scores + attention_bias, axis=-1).astype(dtype)
-        probs = Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
-        context = nn.with_logical_constraint(jnp.einsum("bhqk,bkhd->bqhd", probs, value), axes)
+        dropout = lambda probs: Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
+        context = nn.with_logical_constraint(attend(c, query, key, value, attention_mask, dropout), axes)
         kernel, bias = ProjectionWeights(c, ("heads", "kv", "embed"), ("embed",), name="output")()
         tokens = context.reshape(*context.shape[:2], c.hidden_size)
         return over_tokens(lambda t: t @ kernel.reshape(c.hidden_size, -1), tokens) + bias
@@ -236,10 +234,10 @@ class EncoderLayer(nn.Module):
     config: Any
 
     @nn.compact
-    def __call__(self, x, attention_bias, deterministic):
+    def __call__(self, x, attention_mask, deterministic):
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        attended = SelfAttention(c, name="attention")(x, attention_bias, deterministic)
+        attended = SelfAttention(c, name="attention")(x, attention_mask, deterministic)
         attended = Dropout(c.dropout_rate)(attended, deterministic=deterministic)
         x = layer_norm(c, "attention_LayerNorm")(x + attended)
 
@@ -263,8 +261,8 @@ class ScannedLayer(nn.Module):
     config: Any
 
     @nn.compact
-    def __call__(self, x, attention_bias, deterministic, keep_hidden):
-        x = EncoderLayer(self.config, name="layer")(x, attention_bias, deterministic)
+    def __call__(self, x, attention_mask, deterministic, keep_hidden):
+        x = EncoderLayer(self.config, name="layer")(x, attention_mask, deterministic)
         return x, (x if keep_hidden else None)
 
 
@@ -277,7 +275,7 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(c)
         block = ScannedLayer
         if c.remat != "none":
-            # static_argnums count `self` as 0: (x=1, bias=2, deterministic=3, keep_hidden=4).
+            # static_argnums count `self` as 0: (x=1, mask=2, deterministic=3, keep_hidden=4).
             block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=False,
                              static_argnums=(3, 4))
         self.layers = nn.scan(
@@ -296,11 +294,10 @@ class Encoder(nn.Module):
         c = self.config
         if attention_mask is None:
             attention_mask = input_ids != c.pad_token_id
-        attention_bias = jnp.where(attention_mask[:, None, None, :], 0.0,
-                                   jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        attention_mask = jnp.asarray(attention_mask, bool)
         x = self.embeddings(input_ids, token_type_ids, position_ids, language_ids, deterministic)
         x = x.astype(jnp.dtype(c.dtype))
-        last, per_layer = self.layers(x, attention_bias, deterministic, output_hidden_states)
+        last, per_layer = self.layers(x, attention_mask, deterministic, output_hidden_states)
         if not output_hidden_states:
             return last, None
         return last, jnp.concatenate([x[None], per_layer], axis=0)
