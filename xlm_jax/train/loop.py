@@ -6,11 +6,18 @@ the checkpoint and the config seed, so a killed and resumed run reproduces an
 uninterrupted one. What a run needs before its first step is train/run.py; metric
 writing, train/metrics_log.py; what the processes share, parallel/multihost.py; the
 evaluators due at a step, evaluation/runner.py (--mode=evaluate is train/evaluate.py).
+
+With train.steps_per_call = k > 1, each call of the train step runs k updates on k stacked
+batches; logs, evals, checkpoints and preemption happen between calls, at multiples of k
+(config.validate checks the intervals). A run resumed from a step that is not a multiple of k
+(a checkpoint written with another k) runs single updates up to the next multiple first: the
+same updates either way, so resuming stays exact.
 """
 import contextlib
 import time
 
 import jax
+import numpy as np
 
 from xlm_jax.data.pipeline import train_batches
 from xlm_jax.parallel.multihost import PreemptionFlag, log, to_global
@@ -38,18 +45,27 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
         f"({metrics_log.peak_source})")
     preemption = PreemptionFlag()
     t, checkpoints = config.train, run.checkpoints
+    sizes = call_sizes(start_step, t.num_steps, t.steps_per_call)
+    if sizes and sizes[0] < t.steps_per_call:
+        log(f"resuming at step {start_step}, not a multiple of train.steps_per_call={t.steps_per_call}: "
+            f"{sizes.count(1)} single update(s) first")
+    compiled, step = set(), start_step   # call sizes whose program has run
     try:
-        for step in range(start_step + 1, t.num_steps + 1):
-            first = step == start_step + 1
+        for num_updates in sizes:
+            first = num_updates not in compiled
             with metrics_log.untimed() if first else contextlib.nullcontext():
                 compile_start = time.perf_counter()
-                batch = next(batches)
+                batch = next_call(batches, num_updates)
                 metrics_log.count_languages(batch)
-                state, step_metrics = train_step(state, to_global(batch, run.rows_sharding))
+                state, step_metrics = train_step(state, to_global(batch, train_step.call_sharding(num_updates)),
+                                                 num_updates)
                 if first:
                     jax.block_until_ready(step_metrics)
-                    log(f"step {step} compiled and ran in {time.perf_counter() - compile_start:.1f}s")
-            metrics_log.add(step, step_metrics, batch, timed=not first)
+                    compiled.add(num_updates)
+                    steps = f"step {step + 1}" if num_updates == 1 else f"steps {step + 1}-{step + num_updates}"
+                    log(f"{steps} compiled and ran in {time.perf_counter() - compile_start:.1f}s")
+            step += num_updates
+            metrics_log.add(step, step_metrics, batch, timed=not first, num_steps=num_updates)
             last = step == t.num_steps
             if step % t.log_every == 0 or last:
                 metrics_log.log_window(step)
@@ -76,3 +92,15 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
         metrics_log.close()
     return metrics_log.history
 
+
+def call_sizes(start_step: int, num_steps: int, steps_per_call: int) -> list[int]:
+    """Updates per train-step call from start_step to num_steps: single updates up to the first
+    multiple of steps_per_call, then steps_per_call at a time (num_steps is a multiple of it)."""
+    aligned = min(-(-start_step // steps_per_call) * steps_per_call, num_steps)
+    return [1] * (aligned - start_step) + [steps_per_call] * ((num_steps - aligned) // steps_per_call)
+
+
+def next_call(batches, num_updates: int) -> dict:
+    """The next num_updates batches of the iterator, stacked on a new leading axis if more than one."""
+    group = [next(batches) for _ in range(num_updates)]
+    return group[0] if num_updates == 1 else jax.tree.map(lambda *updates: np.stack(updates), *group)

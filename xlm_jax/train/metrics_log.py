@@ -19,6 +19,15 @@ from xlm_jax.parallel.multihost import log
 from xlm_jax.train import metrics as metrics_lib
 
 
+def _updates(last_step: int, num_steps: int, metrics: dict):
+    """(step, its metrics) of each update of a call ending at last_step (metrics stacked if num_steps > 1)."""
+    if num_steps == 1:
+        yield last_step, metrics
+        return
+    for i in range(num_steps):
+        yield last_step - num_steps + 1 + i, {key: values[i] for key, values in metrics.items()}
+
+
 class MetricsLog:
     """Per-step metrics stay on device until a log point, so steps are not serialized."""
 
@@ -53,13 +62,15 @@ class MetricsLog:
                                 sum(sum(o.flops().values()) for o in trained))
         return self._costs[key]
 
-    def add(self, step: int, metrics, batch_names, timed: bool = True) -> None:
-        self.pending.append((step, metrics))
+    def add(self, step: int, metrics, batch_names, timed: bool = True, num_steps: int = 1) -> None:
+        """The metrics of one call of the train step, which ends at `step`: one update's scalars, or
+        with num_steps > 1 those of updates step - num_steps + 1 ... step, stacked in that order."""
+        self.pending.append((step, num_steps, metrics))
         if timed:
             tokens, flops = self.cost(batch_names)
-            self.window_steps += 1
-            self.window_tokens += tokens
-            self.window_flops += flops
+            self.window_steps += num_steps
+            self.window_tokens += num_steps * tokens
+            self.window_flops += num_steps * flops
 
     def count_languages(self, batches) -> None:
         """Host-side tally of the language of each monolingual row this process feeds the step
@@ -112,7 +123,7 @@ class MetricsLog:
         fetched = jax.device_get(self.pending)
         self.pending = []
         rows = []
-        for step, values in fetched:
+        for step, values in (update for call in fetched for update in _updates(*call)):
             row = {"step": step, **{k: float(v) for k, v in values.items()}}
             if row["nonfinite"] and not self.skip_nonfinite:
                 raise TrainingError(

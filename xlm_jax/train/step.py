@@ -50,15 +50,31 @@ def _heads_of(params, names):
     return mask
 
 
+def _scanned(step):
+    """step(state, batches) -> (state, metrics), run once per entry of batches' leading axis;
+    the metrics of every update come back stacked in order."""
+
+    def steps(state, stacked_batches):
+        return jax.lax.scan(step, state, stacked_batches)
+
+    return steps
+
+
 class TrainStep:
     """step(state, batches) -> (state, metrics), jitted with shardings, state donated.
 
     `batches` maps batch names to batches (xlm_jax/data/streams.py); the objectives reading
-    them are trained. One call is one optimizer update over `train.grad_accum_steps`
+    them are trained. One update sums the gradients of `train.grad_accum_steps`
     microbatches of every batch. The loss is sum_o weight_o * (loss sum_o / normalizer_o),
     each normalizer over the whole global batch, however it is split. A non-finite loss or
     gradient leaves params, optimizer and extra state untouched and is reported in
     metrics["nonfinite"]; the loop decides whether that stops the run.
+
+    A call may also run several updates (`train.steps_per_call`, or `num_steps`): one program
+    scans the one-update step over batches stacked on a new leading axis (one per update, the
+    rest laid out as a single batch) and returns every metric stacked the same way. That saves
+    a dispatch and the program's fresh temporary buffers per update, and computes what as many
+    single calls would (bit for bit on CPU, tests/train/test_steps_per_call.py).
     """
 
     def __init__(self, model, objectives, optimizer: optax.GradientTransformation, config, mesh, rules,
@@ -68,19 +84,34 @@ class TrainStep:
         self.state_shardings, self.batch_sharding = state_shardings, batch_sharding
         self._compiled = {}
 
-    def __call__(self, state: TrainState, batches: dict):
-        return self.jitted(tuple(sorted(batches)))(state, batches)
+    def __call__(self, state: TrainState, batches: dict, num_steps: int | None = None):
+        """`num_steps` updates (default train.steps_per_call); with more than one, every batch
+        array has a leading axis of num_steps and so does every metric."""
+        return self.jitted(tuple(sorted(batches)), num_steps)(state, batches)
 
-    def jitted(self, batch_names: tuple[str, ...]):
-        """The jitted step for the objectives reading `batch_names` (one per distinct set)."""
-        if batch_names not in self._compiled:
+    def call_sharding(self, num_steps: int | None = None) -> NamedSharding:
+        """Where a call's batch arrays live: the batch's sharding, behind an unsharded update axis
+        when the call runs more than one update."""
+        if (num_steps or self.config.train.steps_per_call) == 1:
+            return self.batch_sharding
+        return NamedSharding(self.mesh, PartitionSpec(None, *self.batch_sharding.spec))
+
+    def jitted(self, batch_names: tuple[str, ...], num_steps: int | None = None):
+        """The jitted call for the objectives reading `batch_names` (one per distinct set) running
+        `num_steps` updates (default train.steps_per_call)."""
+        num_steps = num_steps or self.config.train.steps_per_call
+        key = (batch_names, num_steps)
+        if key not in self._compiled:
             active = [o for o in self.objectives if o.batch_name in batch_names]
+            call = self._step_fn(active, batch_names)
+            if num_steps > 1:
+                call = _scanned(call)
             replicated = NamedSharding(self.mesh, PartitionSpec())
-            self._compiled[batch_names] = jax.jit(
-                on_mesh(self._step_fn(active, batch_names), self.mesh, self.rules),
-                in_shardings=(self.state_shardings, self.batch_sharding),
+            self._compiled[key] = jax.jit(
+                on_mesh(call, self.mesh, self.rules),
+                in_shardings=(self.state_shardings, self.call_sharding(num_steps)),
                 out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-        return self._compiled[batch_names]
+        return self._compiled[key]
 
     def _step_fn(self, active, batch_names):
         config, model = self.config, self.model
