@@ -3,6 +3,7 @@
   python -m xlm_jax.benchmarks.train_step --layers=6 --hidden=256 --heads=4 --ffn=1024 \\
       --vocab=32000 --seq=128 --batch=16 --dtype=float32 --compare=hf_flax,hf_torch
   python -m xlm_jax.benchmarks.train_step --objectives=mlm,tlm,xlco
+  python -m xlm_jax.benchmarks.train_step --preset=xlmr_base --batch=64 --steps_per_call=4
 
 Random token ids with 15% masked positions stand in for data, so this measures the
 model, optimizer and sharding alone. The step is the one training uses (AdamW,
@@ -11,6 +12,12 @@ clipping, non-finite guard, dropout 0.1), on a mesh of all local devices (`dp`).
 each step, --schedule=sum): each objective's own step is timed too, and the mix's model
 FLOPs are printed by part (XLCo's forward-only key encoder on its own line).
 
+`--preset=xlmr_base|xlmr_large` takes the recipe's model (configs/<preset>.py: sizes,
+vocabulary of 250,002, remat, bf16) and its sequence length of 512; flags given on the
+command line still win, and --batch stays a one-chip batch (16 unless given), not the
+recipe's global 8192. `--steps_per_call=k` runs k updates per jitted call, as
+train.steps_per_call does; steps, step time and tokens/s still count updates.
+
 `--compare` also trains transformers' XLM-R masked LM (Flax and/or PyTorch, see
 peers.py) on the same batch in the same process: each system runs once to compile
 and warm up, then the systems take turns, `--repeats` rounds of `--steps` steps, and
@@ -18,20 +25,21 @@ each one's best round is reported. The last line is `ratio_vs_<peer>=X ...`: our
 tokens/s over the peer's.
 """
 import os
+import pathlib
 import statistics
 import time
 from typing import NamedTuple
 
 import jax
+import ml_collections
 import numpy as np
 from absl import flags
 
 from xlm_jax import cli
 from xlm_jax.benchmarks import peers
-from xlm_jax.config import default_config, validate
-from xlm_jax.data.masking import max_predictions
+from xlm_jax.config import default_config, sibling_config, validate
 from xlm_jax.errors import XlmJaxError
-from xlm_jax.data.streams import stream_fields
+from xlm_jax.data.streams import max_predictions, stream_fields
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.objectives.registry import build_objectives, streams
 from xlm_jax.models.vocab_padding import vocab_padding_params
@@ -53,6 +61,8 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("remat", "none", ["none", "full", "dots_saveable",
                                     "dots_with_no_batch_dims_saveable"], "Rematerialization.")
 flags.DEFINE_float("dropout", 0.1, "Dropout rate (hidden and attention), as in pretraining.")
+flags.DEFINE_enum("attention", "xla", ["xla", "cudnn", "splash"], "model.attention; the fused kernels "
+                  "(cudnn, splash) have no attention dropout, so it is 0 with them (hidden dropout stays).")
 flags.DEFINE_string("rules", "dp", "Logical-axis rules preset (dp, fsdp, fsdp_tp).")
 flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
@@ -61,18 +71,49 @@ flags.DEFINE_list("compare", [], "Peers to run on the same batch, alternating wi
 flags.DEFINE_list("objectives", ["mlm"], "Objectives trained together (weight 1 each): mlm, tlm, xlco, "
                   "adversarial, pair_classification.")
 flags.DEFINE_integer("queue_size", 16_384, "XLCo's queue of negatives (a multiple of 2 x --batch).")
+flags.DEFINE_integer("steps_per_call", 1, "Updates per jitted call (train.steps_per_call); --steps must be "
+                     "a multiple of it.")
+flags.DEFINE_enum("preset", "", ["", "xlmr_base", "xlmr_large"], "Take the model, its dtype and seq 512 from "
+                  "configs/<preset>.py; flags given on the command line override them.")
 FLAGS = flags.FLAGS
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
+# Benchmark flag -> (section, field) of the recipe that --preset takes it from.
+PRESET_FIELDS = {"layers": ("model", "num_layers"), "hidden": ("model", "hidden_size"),
+                 "heads": ("model", "num_heads"), "ffn": ("model", "mlp_dim"), "vocab": ("model", "vocab_size"),
+                 "remat": ("model", "remat"), "dtype": ("model", "dtype"), "seq": ("data", "seq_len")}
+
+
+def sizes(preset: str, flag_values: dict, given: set) -> dict:
+    """The model and sequence settings by flag name (PRESET_FIELDS): `flag_values`, or with a
+    preset the recipe's values for the flags not `given` on the command line."""
+    chosen = dict(flag_values)
+    if preset:
+        recipe = sibling_config(str(CONFIGS_DIR / f"{preset}.py"), preset)
+        chosen.update({name: recipe[section][field] for name, (section, field) in PRESET_FIELDS.items()
+                       if name not in given})
+    return chosen
 
 
 def benchmark_config():
     config = default_config()
     m = config.model
-    m.num_layers, m.hidden_size, m.num_heads, m.mlp_dim = FLAGS.layers, FLAGS.hidden, FLAGS.heads, FLAGS.ffn
-    m.vocab_size, m.max_len, m.dtype, m.remat = FLAGS.vocab, max(512, FLAGS.seq), FLAGS.dtype, FLAGS.remat
+    chosen = sizes(FLAGS.preset, {name: FLAGS[name].value for name in PRESET_FIELDS},
+                   {name for name in PRESET_FIELDS if FLAGS[name].present})
+    m.num_layers, m.hidden_size, m.num_heads = chosen["layers"], chosen["hidden"], chosen["heads"]
+    m.mlp_dim, m.vocab_size, m.dtype, m.remat = chosen["ffn"], chosen["vocab"], chosen["dtype"], chosen["remat"]
+    m.max_len = max(512, chosen["seq"])
     m.dropout_rate = m.attention_dropout_rate = FLAGS.dropout
-    config.data.seq_len = FLAGS.seq
-    config.train.batch_size = FLAGS.batch
-    config.train.num_steps = 10**6
+    m.attention = FLAGS.attention
+    if FLAGS.attention != "xla":
+        m.attention_dropout_rate = 0.0
+    config.data.seq_len = chosen["seq"]
+    t = config.train
+    t.batch_size, t.steps_per_call = FLAGS.batch, FLAGS.steps_per_call
+    # Nothing is logged, evaluated or saved here: these need only be multiples of steps_per_call.
+    t.num_steps = config.checkpoint.every_steps = 10**6 * t.steps_per_call
+    t.log_every = t.steps_per_call
+    config.evals = ml_collections.ConfigDict()
     config.mesh.rules = FLAGS.rules
     config.objectives = {name: 1.0 for name in FLAGS.objectives}
     config.xlco.queue_size = FLAGS.queue_size
@@ -119,8 +160,9 @@ def random_stream_batch(spec, config, rng: np.random.Generator) -> dict:
 
 
 def make_ours(config, batch_names=None):
-    """(run(num_steps) -> last metrics, parameter count, objectives): the training step on random
-    batches of the objectives reading `batch_names` (default: all of them)."""
+    """(run(num_steps) -> last update's metrics, parameter count, objectives): the training step on
+    random batches of the objectives reading `batch_names` (default: all of them), in calls of
+    train.steps_per_call updates (num_steps a multiple of it), each on the same batches."""
     mesh = make_mesh(config.mesh)
     rules = logical_axis_rules(config.mesh.rules)
     model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
@@ -132,13 +174,18 @@ def make_ours(config, batch_names=None):
     step = TrainStep(model, objectives, optimizer, config, mesh, rules, shardings, rows)
     rng = np.random.default_rng(0)
     specs = [spec for spec in streams(objectives) if batch_names is None or spec.name in batch_names]
-    batches = jax.device_put({spec.name: random_stream_batch(spec, config, rng) for spec in specs}, rows)
+    batches = {spec.name: random_stream_batch(spec, config, rng) for spec in specs}
+    per_call = config.train.steps_per_call
+    if per_call > 1:
+        batches = jax.tree.map(lambda x: np.stack([x] * per_call), batches)
+    batches = jax.device_put(batches, step.call_sharding())
 
     def run(num_steps):
         nonlocal state
-        for _ in range(num_steps):
+        for _ in range(num_steps // per_call):
             state, metrics = step(state, batches)
-        return jax.block_until_ready(metrics)
+        metrics = jax.block_until_ready(metrics)
+        return metrics if per_call == 1 else jax.tree.map(lambda x: x[-1], metrics)
 
     return run, num_params, [o for o in objectives if o.batch_name in batches]
 
@@ -165,6 +212,10 @@ def timed(run, num_steps: int) -> Round:
 def main(argv):
     del argv
     config = benchmark_config()
+    per_call = config.train.steps_per_call
+    if FLAGS.steps % per_call:
+        raise XlmJaxError(f"--steps={FLAGS.steps} is not a multiple of --steps_per_call={per_call}: every "
+                          f"timed call runs {per_call} updates")
     if FLAGS.compare and FLAGS.objectives != ["mlm"]:
         raise XlmJaxError("--compare: the peers train masked LM alone; compare with --objectives=mlm")
     for name in FLAGS.compare:
@@ -184,9 +235,9 @@ def main(argv):
         costs[name] = step_cost([o for o in objectives if o.name == "mlm"])
 
     compile_s, first = {}, {}
-    for name, run in systems.items():  # compile and warm up each once
+    for name, run in systems.items():  # compile and warm up each once: one call
         start = time.perf_counter()
-        first[name] = run(1)
+        first[name] = run(per_call if name.startswith("xlm_jax") else 1)
         compile_s[name] = time.perf_counter() - start
     rounds = {name: [] for name in systems}
     for _ in range(FLAGS.repeats):  # alternate, so load on this machine hits every system alike
@@ -197,10 +248,12 @@ def main(argv):
 
     peak, source = metrics_lib.peak_flops()
     padding = vocab_padding_params(config.model)
+    m = config.model
     print(f"model: {(num_params - padding) / 1e6:.1f}M params (+{padding:,} of vocabulary padding), "
-          f"layers={FLAGS.layers} "
-          f"hidden={FLAGS.hidden} heads={FLAGS.heads} ffn={FLAGS.ffn} vocab={FLAGS.vocab} "
-          f"seq={FLAGS.seq} batch={FLAGS.batch} dtype={FLAGS.dtype} remat={FLAGS.remat}")
+          + (f"preset={FLAGS.preset} " if FLAGS.preset else "")
+          + f"layers={m.num_layers} hidden={m.hidden_size} heads={m.num_heads} ffn={m.mlp_dim} "
+          f"vocab={m.vocab_size} seq={config.data.seq_len} batch={FLAGS.batch} dtype={m.dtype} "
+          f"remat={m.remat} attention={m.attention} steps_per_call={per_call}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak "
           f"{peak / 1e12:.3f} TFLOP/s ({source})")
     print(f"objectives: {', '.join(mix)} (schedule sum); model GFLOP per step: "
@@ -210,7 +263,7 @@ def main(argv):
     for name in [n for n in systems if n.startswith("xlm_jax")]:
         tokens, flops = costs[name]
         print(f"{name}: {1 / best[name]:.2f} steps/s  {tokens / best[name]:,.0f} tokens/s  "
-              f"MFU {100 * flops / best[name] / peak:.1f}%  "
+              f"MFU {100 * flops / best[name] / peak:.1f}%  step {1000 * best[name]:.1f} ms  "
               + (f"peak memory {metrics_lib.peak_memory_bytes() / 2**30:.2f} GiB"
                  + (" (the process's, all systems included)" if len(systems) > 1 else "") + "  "
                  if name == "xlm_jax" else "")
@@ -223,7 +276,7 @@ def main(argv):
         median = statistics.median(r.wall for r in rounds[name])
         print(f"{name}: {tokens / best[name]:,.0f} tokens/s best, {tokens / median:,.0f} median  "
               f"CPU {best_round[name].cpu:.2f} s/step ({best_round[name].system:.2f} system)  "
-              f"(compile+first step {compile_s[name]:.1f}s, first loss "
+              f"(compile+first call {compile_s[name]:.1f}s, first loss "
               f"{float(first[name]['loss'] if name.startswith('xlm_jax') else first[name]):.3f})")
     ratios = {name: best[name] / best["xlm_jax"] for name in FLAGS.compare}
     print(" ".join(f"ratio_vs_{name}={ratio:.2f}" for name, ratio in ratios.items()))

@@ -13,26 +13,12 @@ Two options change which positions are chosen (at most one at a time):
 - frequency-smoothed choice (`token_weights`, XLM `--sample_alpha`): position i is drawn with
   weight count(token_i)^-alpha, so rare tokens are predicted more often.
 """
-import math
 
 import numpy as np
 import tensorflow as tf
 
+from xlm_jax.data.streams import max_predictions   # noqa: F401 (defined TF-free, beside the batch shapes)
 
-
-def max_predictions(seq_len: int, mask_prob: float, whole_word: bool = False) -> int:
-    """Static number of prediction slots per sequence, enough for (nearly) every choice mask_example makes.
-
-    Token-level choices never need more than ceil(seq_len * mask_prob). Whole words come in a
-    random number of tokens, so they get a margin of 3 sqrt(seq_len * mask_prob) slots (128 ->
-    34, 512 -> 104); the chosen words that would overflow it stay unmasked (whole, never cut),
-    which happened to ~0.1% of sequences of 1000- and 8000-piece unigram models on 4 languages.
-    """
-    expected = seq_len * mask_prob
-    slots = max(1, math.ceil(expected))
-    if whole_word:   # 3 x sqrt(expected): ~3 standard deviations of the masked-token count for 2-token words
-        slots += math.ceil(3 * math.sqrt(expected))
-    return min(slots, seq_len)
 
 
 def word_start_table(tokenizer) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from xlm_jax.config import default_config
 from xlm_jax.data.examples import pack_stream
-from xlm_jax.data.masking import max_predictions
+from xlm_jax.data.streams import max_predictions
 from xlm_jax.errors import ConfigError
 from xlm_jax.evaluation import plots
 from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
