@@ -34,5 +34,12 @@ setup(
         # transformers' XLM-R in PyTorch, the reference for interop parity tests.
         # transformers 4.57.6 is the last release that also has Flax models (peer benchmarks).
         "hf": ["torch==2.13.0", "transformers==4.57.6"],
+        # Cloud TPU VMs: the libtpu jax 0.10.2's own `tpu` extra pins.
+        "tpu": ["libtpu==0.0.42.*"],
+        # GPU hosts: jax's CUDA 12 plugin with CUDA's libraries.
+        "gpu": ["jax[cuda12]==0.10.2"],
+        # --mode=plan on a machine without accelerators: the compilers only (libtpu, and the CUDA
+        # plugin, which compiles for a described GPU without CUDA's libraries).
+        "plan": ["libtpu==0.0.42.*", "jax-cuda12-plugin==0.10.2"],
     },
 )

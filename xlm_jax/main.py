@@ -3,8 +3,10 @@
 Modes: train, evaluate (the evaluators of `config.evals`, or only `--evals=a,b`, on the
 run's latest checkpoint, or on `--config.init_from=hf:DIR`; without --config the run's own
 config.json is used), export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
-checkpoint as a transformers directory; needs no --config), and train_tokenizer (the run's
-tokenizer, `data.tokenizer` = unigram | bpe | bytes, with a per-language fertility report).
+checkpoint as a transformers directory; needs no --config), train_tokenizer (the run's
+tokenizer, `data.tokenizer` = unigram | bpe | bytes, with a per-language fertility report),
+and plan (`--config.plan.target=v5p-128`: the train step compiled for a TPU slice or GPU
+host that need not be here; memory fit, FLOPs, collectives, roofline; xlm_jax/plan).
 Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
 tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
@@ -47,6 +49,13 @@ def main(argv):
     if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
         from xlm_jax.data.tokenizer_report import train_tokenizer
         train_tokenizer(_CONFIG.value, _WORKDIR.value)
+        return
+    if _MODE.value == "plan":   # compile-only devices: no distributed setup, and no backend but the CPU
+        if _CONFIG.value.plan.target:
+            import jax
+            jax.config.update("jax_platforms", "cpu")
+        from xlm_jax.plan.plan import run_plan
+        run_plan(_CONFIG.value, _WORKDIR.value)
         return
     from xlm_jax.parallel.mesh import initialize_distributed
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

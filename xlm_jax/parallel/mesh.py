@@ -4,6 +4,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from xlm_jax.errors import ConfigError
@@ -29,11 +30,19 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axis types (linen's logical rules need Auto)."""
+    """A (data, fsdp, tensor) mesh with Auto axis types (linen's logical rules need Auto).
+
+    The devices are laid out along the chips' physical links where jax knows how; a shape
+    that does not map onto them (fsdp 32 x tensor 2 on a v6e's 8x8 grid) splits physical
+    axes instead."""
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(mesh_config, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def on_mesh(fn, mesh, rules):

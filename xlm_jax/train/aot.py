@@ -20,10 +20,10 @@ from xlm_jax.train.state import state_shardings
 from xlm_jax.train.step import TrainStep
 
 
-def lower_train_step(config, devices=None, languages=None) -> jax.stages.Lowered:
-    """The train step of `config` (every objective summed) on a mesh of `devices` (default:
-    all), lowered at each objective's global batch. `languages` (the corpus's) size the
-    language discriminator; without them it is sized as for two."""
+def train_step_inputs(config, devices=None, languages=None):
+    """(jitted step, abstract state, abstract batches) of `config` on a mesh of `devices` (default:
+    all): every input a ShapeDtypeStruct with its sharding, each objective's batch at its own size.
+    `languages` (the corpus's) size the language discriminator; without them it is sized as for two."""
     validate(config)
     mesh = make_mesh(config.mesh, devices)
     rules = logical_axis_rules(config.mesh.rules)
@@ -35,4 +35,11 @@ def lower_train_step(config, devices=None, languages=None) -> jax.stages.Lowered
     batches = {stream: {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows) for name, (shape, dtype) in spec.items()}
                for stream, spec in batch_spec(streams(objectives), config).items()}
     step = TrainStep(model, objectives, optimizer, config, mesh, rules, shardings, rows)
-    return step.jitted(tuple(sorted(batches))).lower(abstract_with_shardings(abstract_state, shardings), batches)
+    # One update per call, whatever train.steps_per_call: the program a call of k repeats k times.
+    return step.jitted(tuple(sorted(batches)), 1), abstract_with_shardings(abstract_state, shardings), batches
+
+
+def lower_train_step(config, devices=None, languages=None) -> jax.stages.Lowered:
+    """The train step of `config` (every objective summed), lowered at each objective's global batch."""
+    step, state, batches = train_step_inputs(config, devices, languages)
+    return step.lower(state, batches)

@@ -24,6 +24,7 @@ from xlm_jax.models.vocab_padding import padded_vocab_size, resize_vocab_rows, v
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, make_mesh
 from xlm_jax.parallel.multihost import log, process_zero_first, this_process
 from xlm_jax.parallel.rules import logical_axis_rules
+from xlm_jax.plan.memory import check_fits
 from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings
 from xlm_jax.train.heldout import eval_sets, evaluate_languages
 from xlm_jax.train.optim import make_optimizer
@@ -95,6 +96,7 @@ class Run:
         self.mesh = make_mesh(config.mesh)
         self.rules = logical_axis_rules(config.mesh.rules)
         check_batch_layout(config, self.mesh, self.rules)
+        self._check_fits()   # before the corpus is read or anything compiles
         log(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} in "
             f"{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}, "
             f"rules {config.mesh.rules!r}")
@@ -130,6 +132,14 @@ class Run:
         self.eval_sets = eval_sets(self.data, config)
         if self.evaluation:
             self.evaluation.heldout = self.evaluate
+
+    def _check_fits(self) -> None:
+        """ConfigError, with --mode=plan's advice, when the step cannot fit these devices' memory."""
+        # Before the corpus says its languages: a two-language discriminator (a few KiB) stands in.
+        objectives = build_objectives(self.config, ["language_0", "language_1"])
+        model, optimizer = MaskedLM(self.config.model), make_optimizer(self.config.train)
+        abstract_state, shardings = state_shardings(model, objectives, optimizer, self.config, self.mesh, self.rules)
+        check_fits(self.config, objectives, abstract_state, shardings, self.mesh, self.rules)
 
     def restore_or_init(self, step: int | None = None):
         """Checkpoint `step`, or the newest readable one (see Checkpoints.restore), or a new state."""
