@@ -46,7 +46,7 @@ class Plan:
     fits: bool
     advice: list
     flops: dict            # per step: the formula's model FLOPs, the program's matmul FLOPs
-    collectives: dict      # kind -> {"count", "gib"} per step, per device
+    collectives: dict | None   # kind -> {"count", "gib"} per step, per device; None: not compiled
     roofline: dict
     compile_seconds: dict
 
@@ -54,7 +54,7 @@ class Plan:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-def plan_target(config, target: Target, log=print) -> Plan:
+def plan_target(config, target: Target) -> Plan:
     """Compiles `config`'s train step for `target` and reports it (see the module docstring)."""
     validate(config)
     t = config.train
@@ -234,7 +234,7 @@ def run_plan(config, workdir: str, log=print) -> Plan:
     """--mode=plan: plans `config.plan.target` (default: this machine's devices, as a CPU check)
     and writes <workdir>/plan-<target>.json."""
     target = parse_target(config.plan.target) if config.plan.target else local_target()
-    plan = plan_target(config, target, log)
+    plan = plan_target(config, target)
     log(format_plan(plan))
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"plan-{target.name}.json")
