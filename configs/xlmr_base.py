@@ -10,14 +10,13 @@ at the same batch size (Liu et al. 2019, table 9): Adam (0.9, 0.98), eps 1e-6,
 weight decay 0.01, peak lr 6e-4 after 24k warmup steps, then linear decay, and
 InfoXLM's gradient clipping of 1.0. Parameters: ~278M (192M of them embeddings).
 
-Memory and layout, from `--mode=plan` (README "Planning for a pod"): the batch of 8192
+Memory and layout, from `--mode=plan` (README "Planning a run on a pod"): the batch of 8192
 runs as 8 accumulated microbatches of 1,024 sequences (one update per step, the same loss
-as one batch). The default layout is data parallel (`dp`): it fits every target planned
-(peak per device 20.5 GiB of 32 on a v4-32, 13.3 of 95 on a v5p-64, 9.6 of 16 on a v5e-64,
-29.8 of 79 on 8 x H100) and its roofline MFU ceiling is the best or tied on each (98%,
-compute-bound); fsdp needs less memory (6.2 to 26.3 GiB) and ties except on the v5e-64,
-where its compiled step all-gathers ~212 GiB per device per step (interconnect-bound, 20%).
-Switch with --config.mesh.rules=fsdp --config.mesh.data=1 --config.mesh.fsdp=-1.
+as one batch), sharded (`fsdp`). fsdp fits every target planned (peak per device 21.9 GiB
+of 32 on a v4-32, 11.3 of 95 on a v5p-64, 6.2 of 16 on a v5e-64, 26.3 of 79 on 8 x H100)
+and ties the best roofline MFU ceiling (98%, compute-bound; 96% on the v5e-64, where dp
+has 98%), with less memory than data parallel (`dp`) where memory is short (dp: 20.5,
+13.3, 9.6 and 29.8 GiB). Tensor parallelism (`fsdp_tp`) only adds all-reduces at this size.
 Temporaries scale with the sequences per device: on fewer or smaller devices raise
 --config.train.grad_accum_steps, on large pods lower it (fewer, bigger matmuls per step).
 """
@@ -59,6 +58,6 @@ def get_config():
 
     config.checkpoint.every_steps = 5000
     config.checkpoint.keep = 3
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1   # the plans' best (docstring)
-    config.mesh.rules = "dp"
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1   # the plans' best (docstring)
+    config.mesh.rules = "fsdp"
     return config

@@ -6,12 +6,11 @@
 The recipe of configs/xlmr_base.py at the large size, with fairseq's RoBERTa large
 schedule (peak lr 4e-4, 30k warmup steps) and full rematerialization to fit
 activations of 24 layers. Parameters: ~560M. As base, 8 microbatches of 1,024
-sequences, but sharded (`fsdp`), the layout `--mode=plan` found best for large: it fits
-every target planned at 8 microbatches (peak 14.3 GiB per device of 32 on a v4-32, 7.5 of
-95 on a v5p-64, 3.7 of 16 on a v5e-64, 18.9 of 79 on 8 x H100) with the roofline MFU
-ceiling of dp (77%: full remat recomputes the forward, 1.3x the model's FLOPs), except on
-the v5e-64 (23%, interconnect-bound), where dp is better (77%) but needs
---config.train.grad_accum_steps=16 to fit (15.2 of 16 GiB).
+sequences, sharded (`fsdp`), the layout `--mode=plan` found best for large: it fits every
+target planned at 8 microbatches (peak 14.3 GiB per device of 32 on a v4-32, 7.5 of 95 on
+a v5p-64, 3.7 of 16 on a v5e-64, 18.9 of 79 on 8 x H100) at the best roofline MFU ceiling
+(77%: full remat recomputes the forward, 1.3x the model's FLOPs), which dp only matches
+with more memory (22.0, 16.8, 15.2 with 16 microbatches, 26.6 GiB).
 """
 import importlib.util
 import os
@@ -32,6 +31,4 @@ def get_config():
     m.remat = "full"
     config.train.learning_rate = 4e-4
     config.train.warmup_steps = 30_000
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1   # the plans' best (docstring)
-    config.mesh.rules = "fsdp"
     return config

@@ -140,10 +140,21 @@ HloModule m
 ENTRY %main (a: f32[16]) -> f32[16] {
   %loop = (s32[], f32[16]) while(%t), condition=%outer_cond, body=%outer_body, backend_config={"known_trip_count":{"n":"4"}}
   %rs = bf16[4]{0} reduce-scatter(bf16[16]{0} %z), replica_groups={{0,1,2,3}}, dimensions={0}
+  %piece1 = f32[32]{0} fusion(%a), kind=kLoop, calls=%chain_1
+  %piece2 = f32[32]{0} fusion(%b), kind=kLoop, calls=%chain_2
+}
+
+%chain_1 (p: f32[8]) -> f32[32] {
+  %g1 = f32[32]{0} all-gather(f32[8]{0} %p), channel_id=45, replica_groups={{0,1,2,3}}, dimensions={0}
+}
+
+%chain_2 (p: f32[8]) -> f32[32] {
+  %g2 = f32[32]{0} all-gather(f32[8]{0} %p), channel_id=45, replica_groups={{0,1,2,3}}, dimensions={0}
 }
 """
     found = collectives_per_step(hlo)
-    assert found["all-gather"].count == 12 and found["all-gather"].bytes == 12 * 64 * 4
+    # 12 gathers in the loops, and one more split in two pieces over one channel (TPU's chains)
+    assert found["all-gather"].count == 13 and found["all-gather"].bytes == 12 * 64 * 4 + 32 * 4
     assert found["all-reduce"].count == 4 and found["all-reduce"].bytes == 4 * 16 * 4
     assert found["reduce-scatter"].count == 1 and found["reduce-scatter"].bytes == 8
 

@@ -58,7 +58,9 @@ def _parse(hlo_text: str):
         result_type, op, rest = instruction.groups()
         kind = op.removesuffix("-start")
         if kind in COLLECTIVES and not op.endswith("-done"):
-            computations[current][0].append((kind, _result_bytes(result_type)))
+            channel = re.search(r"channel_id=(\d+)", rest)
+            identity = channel.group(1) if channel else f"{current}/{len(computations[current][0])}"
+            computations[current][0].append((kind, _result_bytes(result_type), identity))
         if op == "constant" and re.fullmatch(r"[su](32|64)\[\]\S*", result_type.strip()):
             constants[current].append(int(re.match(r"-?\d+", rest).group(0)))
         if op == "while":
@@ -80,22 +82,30 @@ def _parse(hlo_text: str):
 
 
 def collectives_per_step(hlo_text: str) -> dict[str, Collective]:
-    """{kind: Collective} of one execution of the program (loops unrolled by their trip counts)."""
+    """{kind: Collective} of one execution of the program (loops unrolled by their trip counts).
+
+    One collective is one channel: the TPU compiler may split a collective into a chain of
+    pieces in several fusions that share its channel_id, each showing the whole result
+    (seen on v5e), and those count once."""
     computations, entry = _parse(hlo_text)
-    totals = collections.defaultdict(Collective)
+    runs = {}   # (kind, channel) -> [times it runs per step, result bytes]
 
     def visit(name: str, times: int, depth: int = 0):
         if name not in computations or depth > 64:
             return
         ops, calls = computations[name]
-        for kind, size in ops:
-            totals[kind].count += times
-            totals[kind].bytes += times * size
+        for kind, size, channel in ops:
+            seen = runs.setdefault((kind, channel), [0, 0])
+            seen[0], seen[1] = max(seen[0], times), max(seen[1], size)
         for called, trips in calls:
             visit(called, times * trips, depth + 1)
 
     if entry is not None:
         visit(entry, 1)
+    totals = collections.defaultdict(Collective)
+    for (kind, _), (times, size) in runs.items():
+        totals[kind].count += times
+        totals[kind].bytes += times * size
     return dict(totals)
 
 
