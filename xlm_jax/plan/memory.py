@@ -16,6 +16,8 @@ import jax
 import numpy as np
 
 from xlm_jax.errors import ConfigError
+from xlm_jax.data.streams import batch_spec
+from xlm_jax.objectives.registry import streams
 from xlm_jax.parallel.mesh import batch_shards
 from xlm_jax.plan.targets import GiB
 
@@ -28,6 +30,9 @@ _SAVED_PER_LAYER = {
     "dots_with_no_batch_dims_saveable": (5, 1, 0),    # the weight matmuls' outputs
     "full": (1, 0, 0),                                # each layer's input
 }
+
+
+_TOKEN_FIELDS = ("input_ids", "src_ids", "tgt_ids")   # the encoded sequences of a batch (data/streams.py)
 
 
 def device_capacity(local_devices) -> float:
@@ -52,16 +57,18 @@ def memory_lower_bound(config, objectives, abstract_state, shardings, mesh, rule
     tensor = mesh.shape.get("tensor", 1)
     width = {"float32": 4, "bfloat16": 2}[m.dtype]
     hidden_units, mlp_units, attention_rows = _SAVED_PER_LAYER[m.remat]
+    per_token = (hidden_units * m.hidden_size + mlp_units * m.mlp_dim
+                 + attention_rows * m.num_heads * d.seq_len) * width * m.num_layers
     activations = 0
-    for o in objectives:   # every objective's batch is live in the same microbatch
-        rows = o.batch_size // t.grad_accum_steps // batch_shards(mesh, rules)
-        tokens = rows * o.tokens_per_step() // max(o.batch_size, 1)
-        per_token = (hidden_units * m.hidden_size + mlp_units * m.mlp_dim
-                     + attention_rows * m.num_heads * d.seq_len) * width * m.num_layers
-        activations += tokens * per_token // tensor
-    masked = sum(o.batch_size for o in objectives if o.name in ("mlm", "tlm")) // t.grad_accum_steps \
-        // batch_shards(mesh, rules) * max(1, round(d.seq_len * d.mask_prob))
-    activations += masked * m.vocab_size * 4 // tensor   # the f32 logits of the masked positions
+    # Per batch the pipeline feeds, as its fields declare it (objectives that share a batch share
+    # its forward pass): every batch is live in the same microbatch.
+    for fields in batch_spec(streams(objectives), config).values():
+        rows = fields["input_ids" if "input_ids" in fields else "src_ids"][0][0]
+        rows = rows // t.grad_accum_steps // batch_shards(mesh, rules)
+        tokens = sum(fields[name][0][1] for name in _TOKEN_FIELDS if name in fields)
+        activations += rows * tokens * per_token // tensor
+        if "masked_positions" in fields:   # the f32 logits of its prediction slots
+            activations += rows * fields["masked_positions"][0][1] * m.vocab_size * 4 // tensor
     total = state + gradients + activations
     return {"state": state, "gradients": gradients, "activations": activations, "total": total}
 
