@@ -1,23 +1,14 @@
 """xlm_jax: pretrain and evaluate cross-lingual encoder language models in JAX/Flax."""
-
-import importlib.util
 import os
 
+from xlm_jax.extras import available
+
 __version__ = "0.1.0"
-
-
-
-def _has_cuda_libraries() -> bool:
-    try:
-        return importlib.util.find_spec("nvidia.cuda_runtime") is not None
-    except ModuleNotFoundError:
-        return False
-
 
 # The `plan` extra installs jax's CUDA plugin to compile for GPUs this machine does not have;
 # without CUDA's libraries its version check would print a traceback at every start and keep
 # the plugin from compiling for a described GPU (--mode=plan).
-if not _has_cuda_libraries():
+if not available("nvidia.cuda_runtime"):
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 
 

@@ -6,7 +6,8 @@ import importlib.util
 
 from xlm_jax.errors import XlmJaxError
 
-EXTRA_OF = {"torch": "hf", "transformers": "hf"}   # package -> the extra that installs it
+EXTRA_OF = {"torch": "hf", "transformers": "hf",   # package -> the extra that installs it
+            "libtpu": "plan", "jax_cuda12_plugin": "plan"}
 
 
 class MissingPackage(XlmJaxError):
@@ -19,7 +20,10 @@ def install_command(package: str) -> str:
 
 
 def available(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:   # "a.b" whose "a" is not there
+        return False
 
 
 def require(package: str, purpose: str):

@@ -17,6 +17,7 @@ import math
 import os
 import re
 
+from xlm_jax import extras
 from xlm_jax.errors import ConfigError
 
 GiB = 2**30
@@ -100,12 +101,12 @@ class Target:
             return jax.devices()
         from jax.experimental import topologies
         if self.chip.platform == "tpu":
-            _require_module("libtpu", "tpu")
+            extras.require("libtpu", f"compiling for {self.name}")
             description = topologies.get_topology_desc(
                 platform="tpu", topology_name=self.topology, chips_per_host_bounds=(2, 2, 1),
                 chip_config_name="megacore" if self.chip.megacore else "default", num_slices=1)
         else:
-            _require_module("jax_plugins.xla_cuda12", "plan")
+            extras.require("jax_cuda12_plugin", f"compiling for {self.name}")
             description = topologies.get_topology_desc(platform="cuda", topology=self.topology,
                                                        target_config=gpu_target_config(self.chip))
         return list(description.devices)
@@ -200,13 +201,3 @@ def gpu_target_config(chip: Chip) -> str:
             f'platform_name: "CUDA" dnn_version_info {{ major: 9 minor: 10 }} '
             f'device_description_str: "{chip.name}"')
 
-
-def _require_module(module: str, extra: str) -> None:
-    import importlib.util
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        raise ConfigError(f"config field `plan.target`: compiling for this target needs {module}, which is not "
-                          f"installed; pip install -e \".[{extra}]\"")
