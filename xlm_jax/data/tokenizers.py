@@ -43,8 +43,13 @@ class Tokenizer(Protocol):
     mask_id: int
     vocab_size: int
     special_ids: tuple[int, ...]   # never masked, dropped by decode
+    languages: tuple[str, ...]     # languages with ids of their own (data.language_id_ranges); () = shared ids
 
     def encode(self, texts: list[str]) -> list[np.ndarray]: ...
+
+    def for_language(self, language: str) -> "Tokenizer":
+        """The tokenizer that encodes `language`'s text: itself, unless each language has its own ids."""
+        ...
 
     def decode(self, ids) -> str: ...
 
@@ -57,6 +62,12 @@ class _FairseqLayout:
     specials written in a text become those tokens (`<mask>` swallowing the whitespace before it).
     Subclasses give `vocab_size` and `_encode_plain` (texts without specials -> ids)."""
     bos_id, pad_id, eos_id, unk_id = 0, 1, 2, 3
+    languages: tuple[str, ...] = ()
+
+    def for_language(self, language: str) -> "_FairseqLayout":
+        """Every language shares these ids."""
+        del language
+        return self
 
     @property
     def mask_id(self) -> int:

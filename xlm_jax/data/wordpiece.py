@@ -91,6 +91,12 @@ class WordPieceTokenizer:
     vocab: the lines of a BERT vocab.txt (id = line number). Options as in transformers'
     BertTokenizer: strip_accents=None follows do_lower_case (the original BERT).
     """
+    languages: tuple[str, ...] = ()
+
+    def for_language(self, language: str) -> "WordPieceTokenizer":
+        """Every language shares these ids."""
+        del language
+        return self
 
     def __init__(self, vocab, *, do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True):
