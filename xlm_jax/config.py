@@ -19,7 +19,7 @@ SCHEDULES = ("linear", "polynomial", "constant", "inverse_sqrt")
 RULE_PRESETS = ("dp", "fsdp", "fsdp_tp")
 SAMPLING_UNITS = ("sentences", "tokens")
 PACKINGS = ("stream", "lines")
-MODES = ("train", "evaluate", "export_hf", "train_tokenizer", "plan")
+MODES = ("train", "evaluate", "export_hf", "train_tokenizer", "plan", "study")
 TOKENIZERS = ("unigram", "bpe", "bytes")   # SentencePiece unigram (XLM-R), SentencePiece BPE, UTF-8 bytes
 BYTE_VOCAB_SIZE = 261                      # data.tokenizer="bytes": xlm_jax.data.tokenizers.ByteTokenizer
 

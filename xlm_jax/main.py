@@ -5,8 +5,10 @@ run's latest checkpoint, or on `--config.init_from=hf:DIR`; without --config the
 config.json is used), export_hf (`--workdir=RUN --export_dir=DIR`: the run's latest
 checkpoint as a transformers directory; needs no --config), train_tokenizer (the run's
 tokenizer, `data.tokenizer` = unigram | bpe | bytes, with a per-language fertility report),
-and plan (`--config.plan.target=v5p-128`: the train step compiled for a TPU slice or GPU
-host that need not be here; memory fit, FLOPs, collectives, roofline; xlm_jax/plan).
+plan (`--config.plan.target=v5p-128`: the train step compiled for a TPU slice or GPU
+host that need not be here; memory fit, FLOPs, collectives, roofline; xlm_jax/plan), and
+study (`--config=configs/studies/<name>.py:small`: a grid of runs, each evaluated, one
+report; xlm_jax/studies).
 Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CPU
 tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
@@ -38,6 +40,16 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 flags.mark_flags_as_required(["workdir"])
 
 
+def _check_study_mode(config, mode: str) -> None:
+    """A study config goes with --mode=study and only there (its arms are the run configs)."""
+    is_study = config is not None and "study" in config
+    if mode == "study" and not is_study:
+        raise XlmJaxError("--mode=study needs a study: --config=configs/studies/<name>.py:small")
+    if is_study and mode != "study":
+        raise XlmJaxError(f"--mode={mode} needs a run config, and this is a study: use --mode=study, or one arm's "
+                          "config, --config=<study file>:<preset>/<arm>@<study dir>")
+
+
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
@@ -46,6 +58,7 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds from the CPU; the GPUs are jax's
     if _CONFIG.value is None and _MODE.value not in ("export_hf", "evaluate"):   # those read config.json
         raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
+    _check_study_mode(_CONFIG.value, _MODE.value)
     if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
         from xlm_jax.data.tokenizer_report import train_tokenizer
         train_tokenizer(_CONFIG.value, _WORKDIR.value)
@@ -68,6 +81,9 @@ def main(argv):
     elif _MODE.value == "train":
         from xlm_jax.train.loop import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "study":
+        from xlm_jax.studies.runner import run_study
+        run_study(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "evaluate":
         from xlm_jax.train.evaluate import evaluate_checkpoint, evaluation_config
         config = evaluation_config(_CONFIG.value, _WORKDIR.value)

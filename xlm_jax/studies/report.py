@@ -1,0 +1,117 @@
+"""A study's report: report.md (arms, the paper's claims against what was measured, a table per
+headline metric with each arm's random-init baseline beside it), results.json and PNG plots
+(bars per language comparing arms, training-loss curves, and the study's own figures)."""
+import json
+import math
+import os
+
+import numpy as np
+
+from xlm_jax.evaluation import plots
+
+LOSS_PLOT = "training_loss.png"
+
+
+def per_language(record: dict, metric: str, random_init: bool = False) -> dict[str, float]:
+    """language -> value of `metric` in an evaluator's record (or in its random-init baseline)."""
+    if random_init:
+        record = record.get("random_init") or {}
+    return {language: float(values[metric]) for language, values in record.get("per_language", {}).items()
+            if metric in values}
+
+
+def mean_of(values: dict[str, float]) -> float:
+    return float(np.mean(list(values.values()))) if values else math.nan
+
+
+def headline_means(results: dict, evaluator: str, metric: str, random_init: bool = False) -> dict[str, float]:
+    """arm -> mean over languages of the headline metric."""
+    return {arm: mean_of(per_language(entry["evals"][evaluator], metric, random_init))
+            for arm, entry in results["arms"].items() if evaluator in entry["evals"]}
+
+
+def _cell(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def final_loss(curve: list) -> float:
+    """Mean training loss over the last tenth of the curve's points."""
+    if not curve:
+        return math.nan
+    tail = curve[-max(1, len(curve) // 10):]
+    return float(np.mean([loss for _, loss in tail]))
+
+
+def markdown(results: dict, figures: list[str]) -> str:
+    lines = [f"# {results['title']} (`{results['preset']}` preset)", ""]
+    if results["paper"]:
+        lines += [f"Seed paper: {results['paper']}.", ""]
+    if results["notes"]:
+        lines += [results["notes"], ""]
+    headline = results["headline"]
+    lines += ["## Arms", "", "Each cell: the arm's mean over languages, its random-init baseline (same "
+              "architecture and tokenizer, untrained) in parentheses.", "",
+              "| arm | what it is | starts from | steps | final train loss | "
+              + " | ".join(f"{e} {m} ({d})" for e, m, d in headline) + " |",
+              "|---|---|---|---:|---:|" + "---:|" * len(headline)]
+    for arm, entry in results["arms"].items():
+        cells = []
+        for evaluator, metric, _ in headline:
+            record = entry["evals"].get(evaluator, {})
+            model, baseline = mean_of(per_language(record, metric)), mean_of(per_language(record, metric, True))
+            cells.append(_cell(model) + ("" if math.isnan(baseline) else f" ({_cell(baseline)})"))
+        lines.append(f"| {arm} | {entry['description']} | {entry['start_from'] or 'scratch'} | {entry['steps']} | "
+                     f"{_cell(final_loss(entry['train_loss']))} | " + " | ".join(cells) + " |")
+    if results["findings"]:
+        lines += ["", "## The paper's findings against this study", "", "| the paper | measured here | verdict |",
+                  "|---|---|---|"]
+        lines += [f"| {claim} | {measured} | **{verdict}** |" for claim, measured, verdict in results["findings"]]
+    for evaluator, metric, direction in headline:
+        languages = sorted({lang for entry in results["arms"].values()
+                            for lang in per_language(entry["evals"].get(evaluator, {}), metric)})
+        if not languages:
+            continue
+        lines += ["", f"## {evaluator}: {metric} per language ({direction} is better)", "",
+                  "| arm | " + " | ".join(languages) + " |", "|---|" + "---:|" * len(languages)]
+        for arm, entry in results["arms"].items():
+            record = entry["evals"].get(evaluator, {})
+            model, baseline = per_language(record, metric), per_language(record, metric, True)
+            lines.append(f"| {arm} | " + " | ".join(
+                _cell(model.get(lang, math.nan)) + (f" ({_cell(baseline[lang])})" if lang in baseline else "")
+                for lang in languages) + " |")
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    lines += ["", "## Each arm as its own command", "",
+              "Every arm is an ordinary `--mode=train` run (run them on several hosts, then `--mode=study` "
+              "on the same directory evaluates and reports):", "", "```"]
+    lines += [entry["command"] for entry in results["arms"].values()] + ["```", ""]
+    return "\n".join(lines)
+
+
+def charts(results: dict, directory: str) -> list[str]:
+    """Bars per language (one bar per arm) for each headline metric, and the training-loss curves."""
+    files = []
+    for evaluator, metric, direction in results["headline"]:
+        series = {arm: per_language(entry["evals"].get(evaluator, {}), metric)
+                  for arm, entry in results["arms"].items()}
+        if any(series.values()):
+            name = f"{evaluator}_{metric}.png"
+            plots.bar_chart(os.path.join(directory, name), f"{evaluator}: {metric} ({direction} is better)",
+                            {arm: values for arm, values in series.items() if values}, metric)
+            files.append(name)
+    curves = {arm: ([s for s, _ in entry["train_loss"]], [loss for _, loss in entry["train_loss"]])
+              for arm, entry in results["arms"].items() if entry["train_loss"]}
+    if curves:
+        plots.line_chart(os.path.join(directory, LOSS_PLOT), "training loss (all objectives, summed)", curves,
+                         xlabel="update", ylabel="loss")
+        files.append(LOSS_PLOT)
+    return files
+
+
+def write(study, results: dict, directory: str) -> None:
+    figures = charts(results, directory) + (study.plots(results, directory) if study.plots else [])
+    with open(os.path.join(directory, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    with open(os.path.join(directory, "report.md"), "w") as f:
+        f.write(markdown(results, figures))
