@@ -3,6 +3,7 @@
     import xlm_jax
     model = xlm_jax.load("runs/demo")                 # or xlm_jax.load("hf:/models/xlm-roberta-base")
     vectors = model.encode(["Hallo Welt", "Hello world"])        # [2, hidden], mean-pooled last layer
+    vectors = model.encode(["Hallo Welt"], language="de")        # as the run's language "de" (ids, layers)
     model.evaluate("retrieval", data="../shared/data/tatoeba", languages="deu,fra")   # a plain dict
     model.finetune("xnli", data="../shared/data/xnli", max_train_examples=2000)       # likewise
     model.predict_masked("The capital of France is <mask>.")    # [(piece, prob), ...] per <mask>
@@ -18,6 +19,7 @@ from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, tokenizer_exists
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation.encoding import SentenceEncoder
 from xlm_jax.evaluation.evaluator import EVALUATORS, Subject
+from xlm_jax.evaluation.languages import language_inputs
 from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.evaluation.subjects import checkpoint_subject, imported_subject
@@ -34,28 +36,33 @@ class Model:
     """A MaskedLM's params with its tokenizer, on this process' devices (replicated, `dp`)."""
 
     def __init__(self, config, params, tokenizer: Tokenizer, step: int, workdir: str = "", mesh=None,
-                 rules=None):
+                 rules=None, languages: tuple[str, ...] = ()):
         self.config, self.params, self.tokenizer, self.step = config, params, tokenizer, step
         self.workdir = workdir   # the run directory (or hf:DIR) it was loaded from, if any
+        self.languages = tuple(languages)   # the run's languages in language-id order; () = not known
         self.mesh = mesh if mesh is not None else make_mesh(_replicated_mesh_config())
         self.rules = rules if rules is not None else logical_axis_rules("dp")
         self._module = MaskedLM(config.model)
         self._encoder = SentenceEncoder(config.model, tokenizer, self.mesh, self.rules)
-        self._logits = jax.jit(lambda p, ids: self._module.apply({"params": p}, ids))
+        self._logits = jax.jit(lambda p, ids, language_ids: self._module.apply(
+            {"params": p}, ids, language_ids=language_ids if config.model.num_languages else None))
 
     @property
     def subject(self) -> Subject:
         return Subject(self.config.model, self.params, self.tokenizer, self.mesh, self.rules,
-                       step=self.step, seed=self.config.train.seed)
+                       step=self.step, seed=self.config.train.seed, languages=self.languages)
 
-    def encode(self, texts: list[str], layer=-1, pooling: str = "mean") -> np.ndarray:
+    def encode(self, texts: list[str], layer=-1, pooling: str = "mean", language: str | None = None) -> np.ndarray:
         """Mean over the tokens (specials included, padding excluded) of one layer's states:
         [len(texts), hidden]; a tuple of layers gives [len(layers), len(texts), hidden].
 
         layer: index into [embeddings, layer 1, ..., layer L]; -1 is the last layer, None the
         middle one (XTREME's retrieval layer: 7 of 12). pooling="first" takes <s> / [CLS].
+        language: the texts' language ("de", "deu", "zh_CN"): its tokenizer and language id, for a
+        model that has them (`model.languages`); None: the shared tokenizer and id 0.
         """
-        vectors = self._encoder(self.params, list(texts), layer, pooling)
+        inputs = language_inputs(self.subject, language)
+        vectors = self._encoder(self.params, list(texts), layer, pooling, inputs.language_id, inputs.tokenizer)
         return vectors[0] if isinstance(layer, int) or layer is None else vectors
 
     def evaluate(self, name: str, workdir: str | None = None, log=print, **options) -> dict:
@@ -90,15 +97,17 @@ class Model:
         return (f"exported step {self.step}" + (f" of {self.workdir}" if self.workdir else "")
                 + f" to {directory} ({family_of_config(self.config.model).masked_lm})")
 
-    def predict_masked(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    def predict_masked(self, text: str, top_k: int = 5, language: str | None = None) -> list[list[tuple[str, float]]]:
         """The top_k pieces and probabilities for each mask token in `text`: `<mask>`, or
-        `[MASK]` for a WordPiece model (the tokenizer turns it into the mask id)."""
-        t = self.tokenizer
+        `[MASK]` for a WordPiece model (the tokenizer turns it into the mask id); `language` as in encode."""
+        inputs = language_inputs(self.subject, language)
+        t = inputs.tokenizer
         ids = np.asarray([[t.bos_id, *t.encode([text])[0][:self.config.model.max_len - 2], t.eos_id]], np.int32)
         positions = np.flatnonzero(ids[0] == t.mask_id)
         if not positions.size:
             raise ValueError(f"text has no {t.id_to_piece(t.mask_id)}: {text!r}")
-        probs = jax.nn.softmax(self._logits(self.params, ids)[0].astype(jnp.float32), axis=-1)
+        language_ids = np.full_like(ids, inputs.language_id)
+        probs = jax.nn.softmax(self._logits(self.params, ids, language_ids)[0].astype(jnp.float32), axis=-1)
         probs = np.asarray(probs)[:, :self.config.model.vocab_size]   # the padding ids have prob 0
         results = []
         for position in positions:
@@ -130,4 +139,4 @@ def load(source: str, step: int | None = None, log=print) -> Model:
         config.mesh = _replicated_mesh_config()
         config.mesh.rules = "dp"
         subject = checkpoint_subject(config, source, mesh, rules, step, log)
-    return Model(config, subject.params, subject.tokenizer, subject.step, source, mesh, rules)
+    return Model(config, subject.params, subject.tokenizer, subject.step, source, mesh, rules, subject.languages)

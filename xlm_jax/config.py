@@ -7,8 +7,11 @@ hour later inside XLA.
 """
 import ml_collections
 
+from xlm_jax.data.language_ranges import base_vocab_size
 from xlm_jax.data.sampling import check_caps_and_floors, parse_language_probs
 from xlm_jax.data.sources import BAD_LINE_POLICIES, parse_files_spec
+from xlm_jax.data.streams import PAIR_KINDS
+from xlm_jax.data.synthetic import check_config as check_synthetic_pairs
 from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
@@ -39,6 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.max_len = 512              # tokens; position table has max_len + pad_token_id + 1 rows
     m.type_vocab_size = 1        # XLM-R: 1, BERT: 2
     m.num_languages = 0          # > 0 adds XLM-style language embeddings (off for XLM-R)
+    m.language_specific_layers = 0   # the bottom k layers get one copy per language (needs num_languages);
+                                 # the top num_layers - k stay shared (Wu, Conneau et al. 2020)
     m.position_offset = 2        # fairseq: positions start at pad_token_id + 1; BERT: 0
     m.pooler = False             # BERT-style pooler (dense + tanh on the first token); kept, not trained, by MLM
     m.pad_token_id = 1
@@ -54,6 +59,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.corpus_dir = ""            # dir of <lang>.txt[.gz], <src>-<tgt>.tsv[.gz]; all sources "" = gettext catalogs
     d.files = ""                 # "en:/d/en/*.txt.gz,/x/en2.txt;en-de:/d/en-de.tsv": files/globs per language
+    d.synthetic_pairs = ""       # "en-sw:/bt/en-sw.tsv[,...];en-yo:...": synthetic (back-translated) pairs, a source
+                                 # of their own for the TLM and pair streams, never MLM text (xlm_jax/data/synthetic.py)
+    d.synthetic_ratio = 0.0      # a language pair's share of synthetic examples when it has both kinds, in [0, 1);
+                                 # 0 = in proportion to their size
+    d.synthetic_weight = 1.0     # each synthetic example's weight in the TLM and XLCo losses, in (0, 1]
     d.prepared_corpus = ""       # a dir written by `python -m xlm_jax.data.tfds_builder` (may be gs://)
     d.tfds_datasets = ""         # "wiki40b/en,sw=c4/multilingual@sw": [<lang>=]<name>[@<split>], never downloaded
     d.tfds_data_dir = ""         # where those were prepared (may be gs://); "" = TFDS's default
@@ -83,6 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.eval_languages = ""        # comma-separated languages to evaluate; "" = all with held-out text,
     d.max_eval_languages = 0     # or at most this many, spread from the largest to the smallest (0 = all)
     d.tokenizer = "unigram"      # what a run from scratch trains: "unigram", "bpe" or "bytes" (261 ids)
+    d.language_id_ranges = False  # True: no shared vocabulary (Wu, Conneau et al. 2020): each language's text gets
+                                 # ids of its own (the specials stay shared), model.vocab_size = 5 + L x P with P
+                                 # the ids per language (bytes: 256); runs from scratch only
     d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
     d.character_coverage = 0.9995
     d.byte_fallback = True
@@ -196,6 +209,23 @@ def check_attention_dropout(m: ml_collections.ConfigDict) -> None:
              "dropout stays) or keep --config.model.attention=xla")
 
 
+def check_language_specific_layers(config: ml_collections.ConfigDict) -> None:
+    """model.language_specific_layers: k of the num_layers layers, routed by the language ids that
+    only a model with language embeddings (num_languages > 0) is fed; not on an imported model,
+    whose layers transformers has one copy of."""
+    m, k = config.model, config.model.language_specific_layers
+    _require(type(k) is int and 0 <= k <= m.num_layers, "model.language_specific_layers",
+             f"got {k!r}; the number of bottom layers with a copy per language, 0..{m.num_layers} "
+             "(model.num_layers)")
+    _require(not k or m.num_languages > 0, "model.language_specific_layers",
+             f"got {k}, but model.num_languages=0: per-language layers are chosen by the language ids a "
+             "model with language embeddings reads; set --config.model.num_languages to the corpus's "
+             "number of languages, or language_specific_layers=0")
+    _require(not k or not config.init_from, "model.language_specific_layers",
+             f"got {k} with init_from={config.init_from!r}: a transformers model has one copy of each layer; "
+             "start from scratch, or set language_specific_layers=0")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field a run depends on; raises ConfigError naming the first bad one."""
     expected = default_config()
@@ -243,6 +273,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                   "model.attention_dropout_rate", "data.alpha"):
         _positive(config, field, allow_zero=True)
     check_attention_dropout(m)
+    check_language_specific_layers(config)
 
     _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
@@ -257,7 +288,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
     _require(type(m.vocab_pad_multiple) is int and m.vocab_pad_multiple > 0, "model.vocab_pad_multiple",
              f"got {m.vocab_pad_multiple!r}; must be a positive int (1 = no padding)")
-    _require(d.tokenizer != "bytes" or config.init_from or m.vocab_size == BYTE_VOCAB_SIZE, "model.vocab_size",
+    _check_language_id_ranges(config)
+    _require(d.tokenizer != "bytes" or config.init_from or d.language_id_ranges or m.vocab_size == BYTE_VOCAB_SIZE,
+             "model.vocab_size",
              f"got {m.vocab_size}, but data.tokenizer=\"bytes\" has {BYTE_VOCAB_SIZE} ids (4 specials, 256 "
              f"bytes, <mask>); set --config.model.vocab_size={BYTE_VOCAB_SIZE}")
     _require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
@@ -303,12 +336,33 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              "section is missing (start from xlm_jax.config.default_config())")
     from xlm_jax.evaluation.registry import build_evaluators   # evaluators bring jax and flax
     build_evaluators(config.evals)
-    from xlm_jax.objectives.registry import check_objectives
+    from xlm_jax.objectives.registry import build_objectives, check_objectives, streams
     _require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
              "section is missing (start from xlm_jax.config.default_config())")
     check_objectives(config)
+    check_synthetic_pairs(d, any(spec.kind in PAIR_KINDS for spec in streams(build_objectives(config))))
     _check_steps_per_call(config)
     return config
+
+
+def _check_language_id_ranges(config) -> None:
+    """Per-language ids split model.vocab_size over a tokenizer the run trains itself; the split is
+    checked here when data.languages names the languages, else once the corpus is read."""
+    d = config.data
+    _require(isinstance(d.language_id_ranges, bool), "data.language_id_ranges",
+             f"got {d.language_id_ranges!r}; must be True or False")
+    if not d.language_id_ranges:
+        return
+    _require(not config.init_from and not d.extend_vocab_pieces, "data.language_id_ranges",
+             f"got True with init_from={config.init_from!r}, data.extend_vocab_pieces={d.extend_vocab_pieces}: "
+             "per-language id ranges need a tokenizer the run trains from scratch, but an imported model "
+             "brings its shared vocabulary; drop those, or set --config.data.language_id_ranges=False")
+    _require(d.tokenizer != "bytes" or (config.model.vocab_size - 5) % 256 == 0, "model.vocab_size",
+             f"got {config.model.vocab_size}, but data.tokenizer=\"bytes\" with data.language_id_ranges has "
+             "5 + L x 256 ids for L languages (517 for 2, 773 for 3)")
+    languages = [x.strip() for x in d.languages.split(",") if x.strip()]
+    if languages:
+        base_vocab_size(config.model.vocab_size, d.tokenizer, sorted(set(languages)))
 
 
 def _multiples_near(value: int, k: int) -> str:

@@ -145,7 +145,8 @@ def test_realized_language_fractions_match_q():
     probs = language_probs(sizes, 0.3, caps="en:0.35", floors="yo:0.08")
     assert probs["en"] == pytest.approx(0.35) and probs["yo"] == pytest.approx(0.08)
     data = PretrainData(languages=languages, probs=[probs[lang] for lang in languages], counts=sizes,
-                        tokenizer=types.SimpleNamespace(vocab_size=100, mask_id=4, special_ids=(0, 1, 2, 3, 4)),
+                        tokenizer=types.SimpleNamespace(vocab_size=100, mask_id=4, special_ids=(0, 1, 2, 3, 4),
+                                                        languages=()),
                         num_shards=1, shards=range(1), evaluated=[],
                         train_blocks=[[np.full((sizes[lang], 16), 10 + i, np.int32)]
                                       for i, lang in enumerate(languages)],

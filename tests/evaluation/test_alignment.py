@@ -106,7 +106,7 @@ def test_a_rotated_copy_is_aligned_perfectly_by_procrustes(tmp_path):
                     for i, v in enumerate(list(vectors.values()))})
     calls = []
 
-    def encode(texts, layers=None, pooling="mean"):
+    def encode(texts, layers=None, pooling="mean", language=None):
         calls.append(layers)
         return np.stack([vectors[t] for t in texts], axis=1).astype(np.float32)
 

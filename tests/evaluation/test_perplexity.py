@@ -69,6 +69,9 @@ def test_pll_matches_a_forward_pass_per_masked_copy(monkeypatch, tmp_path):
     metrics = result.per_language["sw"]
     assert metrics["pseudo_perplexity"] == pytest.approx(math.exp(-expected_pll.sum() / counts.sum()), rel=1e-4)
     assert metrics["mlm_accuracy"] == pytest.approx(expected_hits.sum() / counts.sum())
+    # the text scored: 6 + 31 + 7 + 38 characters ("ü" one character; the last line cut at 38 bytes), 16 words
+    assert metrics["nats_per_char"] == pytest.approx(-expected_pll.sum() / 82, rel=1e-4)
+    assert metrics["tokens_per_word"] == pytest.approx(83 / 16)
     assert result.details["sw"] == {"sentences": 4, "tokens": 83, "pll": pytest.approx(expected_pll.sum(), rel=1e-4)}
     assert result.data_files == [str(path)]
 

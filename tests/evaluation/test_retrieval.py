@@ -28,7 +28,7 @@ def fake_context(vectors, num_layers=2, artifacts_dir=None) -> EvalContext:
     (layer, text)), so that the answers are known without a model."""
     vector_of = vectors if callable(vectors) else (lambda layer, text: vectors[text])
 
-    def encode(texts, layers, pooling):
+    def encode(texts, layers, pooling, language=None):
         return np.array([[vector_of(layer, text) for text in texts] for layer in layers], np.float32)
 
     subject = types.SimpleNamespace(model_config=types.SimpleNamespace(num_layers=num_layers))

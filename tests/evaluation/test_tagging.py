@@ -117,7 +117,7 @@ class FirstPieceTuner:
     subject = type("S", (), {"tokenizer": ByteTokenizer()})
 
     @staticmethod
-    def predict(params, ids):
+    def predict(params, ids, language_ids=None):
         return [np.eye(3)[np.asarray(x) % 3] for x in ids]
 
 

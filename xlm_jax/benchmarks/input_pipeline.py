@@ -46,12 +46,12 @@ def on_the_fly(data, text, config, seconds: float) -> tuple[int, int, float]:
     from xlm_jax.data.examples import pack_text
 
     tokenizer, seq_len = data.tokenizer, config.data.seq_len
-    lines = [s for lang in data.languages for s in text.own_train(lang)]
+    chunks = [(lang, lines[begin:begin + 20_000]) for lang in data.languages
+              for lines in [text.own_train(lang)] for begin in range(0, len(lines), 20_000)]
     sentences = tokens = 0
     start = time.perf_counter()
-    for begin in range(0, len(lines), 20_000):
-        chunk = lines[begin:begin + 20_000]
-        blocks = pack_text(tokenizer.encode(chunk), seq_len, tokenizer, config.data.packing)
+    for lang, chunk in chunks:
+        blocks = pack_text(tokenizer.for_language(lang).encode(chunk), seq_len, tokenizer, config.data.packing)
         sentences, tokens = sentences + len(chunk), tokens + blocks.size
         if time.perf_counter() - start > seconds:
             break

@@ -153,6 +153,8 @@ def random_stream_batch(spec, config, rng: np.random.Generator) -> dict:
             offset = config.model.position_offset
             batch["position_ids"] = np.broadcast_to(offset + np.arange(config.data.seq_len, dtype=np.int32),
                                                     batch["input_ids"].shape).copy()
+    if "pair_weight" in fields:        # real pairs (data.synthetic_pairs): weight 1
+        batch["pair_weight"] = np.ones(config.train.batch_size, np.float32)
     for key, field in fields.items():  # languages: two of them, at random
         if key not in batch:
             batch[key] = rng.integers(0, 2, (config.train.batch_size, *field.shape)).astype(field.dtype)

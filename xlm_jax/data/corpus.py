@@ -86,17 +86,9 @@ def plan_corpus(data_config, num_shards: int) -> CorpusPlan:
         origins.append(tfds_builder.describe(data_config))
     files_of = [(path, (lang,), "txt") for path, lang in texts] + [(path, (src, tgt), "tsv")
                                                                     for path, src, tgt in tables]
-    gz = {}
-    for path, langs, _ in files_of:
-        if path.endswith(".gz"):
-            gz.setdefault(langs, []).append(path)
     units = {"mono": [], "pairs": []}
-    for path, langs, kind in files_of:
-        how, index = "bytes", 0
-        if path.endswith(".gz"):
-            how = "whole" if len(gz[langs]) >= num_shards else "lines"
-            index = gz[langs].index(path)
-        units["mono" if kind == "txt" else "pairs"].append(Unit(kind, path, langs, how, index))
+    for unit in file_units(files_of, num_shards):
+        units["mono" if unit.kind == "txt" else "pairs"].append(unit)
     if opened:
         if opened["prepared"] is not None:
             for split in sorted(opened["prepared"].info.splits):
@@ -111,6 +103,36 @@ def plan_corpus(data_config, num_shards: int) -> CorpusPlan:
         origins.append(f"languages {', '.join(sorted(wanted))} (data.languages)")
     languages = sorted({lang for unit in ordered for lang in unit.langs})
     return CorpusPlan(num_shards, ordered, languages, " + ".join(origins), data_config, tfds=opened)
+
+
+def file_units(files_of: list[tuple[str, tuple[str, ...], str]], num_shards: int) -> list[Unit]:
+    """Units of [(path, langs, "txt" | "tsv")], in order: a .gz file goes whole to one shard when its
+    language (or pair) has at least S of them, else every shard keeps every S-th of its lines."""
+    gz = {}
+    for path, langs, _ in files_of:
+        if path.endswith(".gz"):
+            gz.setdefault(langs, []).append(path)
+    units = []
+    for path, langs, kind in files_of:
+        how, index = "bytes", 0
+        if path.endswith(".gz"):
+            how = "whole" if len(gz[langs]) >= num_shards else "lines"
+            index = gz[langs].index(path)
+        units.append(Unit(kind, path, langs, how, index))
+    return units
+
+
+def plan_synthetic_pairs(data_config, num_shards: int) -> CorpusPlan | None:
+    """`data.synthetic_pairs` (xlm_jax.data.synthetic) as a plan of its own, checked to exist: TSV
+    units sharded like data.files' pair files, kept out of the corpus (no MLM text, no tokenizer
+    sample); None when the field is empty."""
+    spec = getattr(data_config, "synthetic_pairs", "")
+    if not spec:
+        return None
+    _, tables = sources.resolve_files(spec, "data.synthetic_pairs")
+    units = file_units([(path, (src, tgt), "tsv") for path, src, tgt in tables], num_shards)
+    languages = sorted({lang for unit in units for lang in unit.langs})
+    return CorpusPlan(num_shards, units, languages, f"data.synthetic_pairs ({len(units)} files)", data_config)
 
 
 def _wanted_languages(data_config) -> set[str]:

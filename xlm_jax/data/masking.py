@@ -27,8 +27,11 @@ def word_start_table(tokenizer) -> np.ndarray:
     SentencePiece: pieces starting with '▁' (a space before them in the text). Bytes: the space
     byte, so a word is ' ' plus what follows, like '▁' in SentencePiece. WordPiece: every piece
     but the '##' continuations. Specials are False (they are never masked and always end a word).
+    Language id ranges: as their base, in every range.
     """
     from xlm_jax.data.tokenizers import ByteTokenizer   # local: tokenizers is heavier than this module
+    if tokenizer.languages:   # language id ranges: each range's words start where its base's do
+        return word_start_table(tokenizer.base)[tokenizer.base_ids(np.arange(tokenizer.vocab_size))]
     specials = set(tokenizer.special_ids)
     pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     if type(tokenizer).__name__ == "WordPieceTokenizer":
@@ -62,7 +65,7 @@ def sample_weights(counts: np.ndarray, alpha: float, special_ids=()) -> np.ndarr
 def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id: int, special_ids,
                  mask_prob: float, mask_token_prob: float, random_token_prob: float,
                  num_predictions: int, word_start: np.ndarray | None = None,
-                 token_weights: np.ndarray | None = None) -> dict:
+                 token_weights: np.ndarray | None = None, language_range_size: int = 0) -> dict:
     """Corrupts one block [S] and lists its prediction targets in num_predictions padded slots.
 
     Default: n = min(num_predictions, floor(mask_prob * maskable + u)), u ~ U[0, 1) (fairseq's
@@ -80,7 +83,10 @@ def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id
     without replacement with probability proportional to token_weights[token] (Gumbel top-k;
     the same law as XLM's np.random.choice(p=..., replace=False)); weight-0 ids are never chosen.
 
-    Random replacements are uniform over the ordinary ids 4 .. vocab_size - 2.
+    Random replacements are uniform over the ordinary ids 4 .. vocab_size - 2; with
+    language_range_size P > 0 (data.language_id_ranges: language i owns ids 4 + i*P .. 4 + (i+1)*P - 1),
+    over the range of the token replaced, so no other language's id leaks in (a TLM pair's
+    sides each keep their own).
     """
     if word_start is not None and token_weights is not None:
         raise ValueError("whole-word masking and frequency-weighted choice cannot be combined; pick one")
@@ -118,8 +124,13 @@ def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id
         chosen = tf.scatter_nd(positions[:, None], tf.cast(real, tf.int32), [length]) > 0
         action = tf.random.stateless_uniform([length], action_seed)
 
-    random_tokens = tf.random.stateless_uniform([length], random_seed, minval=4, maxval=vocab_size - 1,
-                                                dtype=tf.int32)
+    if language_range_size:
+        range_start = 4 + (tokens - 4) // language_range_size * language_range_size
+        random_tokens = range_start + tf.random.stateless_uniform([length], random_seed, minval=0,
+                                                                  maxval=language_range_size, dtype=tf.int32)
+    else:
+        random_tokens = tf.random.stateless_uniform([length], random_seed, minval=4, maxval=vocab_size - 1,
+                                                    dtype=tf.int32)
     corrupted = tf.where(action < mask_token_prob, mask_id,
                          tf.where(action < mask_token_prob + random_token_prob, random_tokens, tokens))
     return {

@@ -4,7 +4,7 @@ xlm_jax.data.prepare packed once per run (blocks, tokenized translation pairs).
 Row j of step t's global batch of stream o (B_o rows) belongs to shard s = j * S // B_o
 (xlm_jax.data.shards); it is example k = t * B_o / S + (j - the shard's first row) of that
 shard's stream o, a pure function of (train.seed, o, s, k) and the shard's data: its
-language (or language pair), block (or pair), direction and mask come from stateless TF
+language (or language pair and source: real or synthetic), block (or pair), direction and mask come from stateless TF
 random ops keyed on (s, k) under stream o's keys. So a resumed run sees exactly the batches
 it would have seen, any number of processes dividing S builds the same global batches, each
 process from the shards it read, and adding a stream changes no other stream's rows. The
@@ -23,7 +23,7 @@ from xlm_jax.data.examples import fair_lengths
 from xlm_jax.data.masking import mask_example, max_predictions, sample_weights, word_start_table
 from xlm_jax.data.prepare import PretrainData
 from xlm_jax.data.shards import row_shard
-from xlm_jax.data.streams import PAIR_KINDS, StreamSpec, check_schedule, check_streams
+from xlm_jax.data.streams import PAIR_KINDS, StreamSpec, check_schedule, check_streams, stream_fields
 
 _SAMPLE_STREAM, _MASK_STREAM, _EVAL_STREAM = 0, 1, 2
 _EVAL_SEED = 20_200_101      # fixed, not train.seed: runs with different seeds see the same eval batches
@@ -35,6 +35,8 @@ def _masker(data: PretrainData, config) -> Callable[[tf.Tensor, tf.Tensor], dict
                     special_ids=tokenizer.special_ids, mask_prob=d.mask_prob, mask_token_prob=d.mask_token_prob,
                     random_token_prob=d.random_token_prob,
                     num_predictions=max_predictions(d.seq_len, d.mask_prob, d.whole_word_mask))
+    if tokenizer.languages:   # data.language_id_ranges: a random replacement stays in its token's language
+        settings["language_range_size"] = tokenizer.range_size
     if d.whole_word_mask:
         settings["word_start"] = word_start_table(tokenizer)
     if d.mask_sample_alpha:   # XLM: weights from the token counts of the training text, all shards
@@ -103,18 +105,22 @@ class _Tables:
     @functools.cached_property
     def pairs(self) -> tuple[tf.Variable, tf.Variable, tf.Tensor, tf.Tensor]:
         """(every own pair's tokens, flat; side offsets [2R + 1] of the R pairs, all tables in a row;
-        first pair and pair count of each (language pair, own shard)): PairTable's layout, joined."""
+        first pair and pair count of each (source, language pair, own shard), source 0 the real
+        pairs and 1 the synthetic ones if any): PairTable's layout, joined."""
         tokens, offsets, where, rows, stored = [], [], {}, 0, 0
-        first = np.zeros((len(self.data.pairs), len(self.data.shards)), np.int64)   # [language pair, own shard]
+        sources = [self.data.train_pairs] + ([self.data.synthetic_train_pairs] if self.data.synthetic_train_pairs
+                                             else [])
+        first = np.zeros((len(sources), len(self.data.pairs), len(self.data.shards)), np.int64)
         sizes = np.zeros_like(first)
-        for i, shards in enumerate(self.data.train_pairs):
-            for j, table in enumerate(shards):
-                if id(table) not in where:     # a replicated pair's table is stored once
-                    where[id(table)], rows = rows, rows + len(table)
-                    tokens.append(table.tokens)
-                    offsets.append(table.offsets[:-1] + stored)
-                    stored += len(table.tokens)
-                first[i, j], sizes[i, j] = where[id(table)], len(table)
+        for s, source in enumerate(sources):
+            for i, shards in enumerate(source):
+                for j, table in enumerate(shards):
+                    if id(table) not in where:     # a replicated pair's table is stored once
+                        where[id(table)], rows = rows, rows + len(table)
+                        tokens.append(table.tokens)
+                        offsets.append(table.offsets[:-1] + stored)
+                        stored += len(table.tokens)
+                    first[s, i, j], sizes[s, i, j] = where[id(table)], len(table)
         with tf.device("/CPU:0"):
             token_table = tf.Variable(np.concatenate(tokens), trainable=False, name="train_pair_tokens")
             offset_table = tf.Variable(np.concatenate(offsets + [[stored]]), trainable=False, name="train_pair_offsets")
@@ -197,20 +203,27 @@ def _block_examples(data: PretrainData, config, spec: StreamSpec, tables: _Table
 
 
 def _pair_draw(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
-    """(shard, index) -> (first side's ids, second side's ids, their language indices): language
-    pair ~ Categorical(pair q), pair ~ Uniform over the shard's pairs of it (all of a replicated
-    pair's), then src -> tgt or tgt -> src by a fair coin (both directions, as XLM and InfoXLM)."""
+    """(shard, index) -> (first side's ids, second side's ids, their language indices, the pair's
+    weight): language pair ~ Categorical(pair q), synthetic ~ Bernoulli(its synthetic fraction,
+    xlm_jax.data.synthetic), pair ~ Uniform over the shard's pairs of that source (all of a
+    replicated pair's), then src -> tgt or tgt -> src by a fair coin (both directions, as XLM and
+    InfoXLM). The weight is 1 for a real pair and data.synthetic_weight for a synthetic one."""
     tokens, offsets, firsts, sizes = tables.pairs
     cdf = tf.constant(np.cumsum(data.pair_probs), tf.float64)
+    fractions = tf.constant(data.synthetic_fractions or [0.0] * len(data.pairs), tf.float64)
+    weight = tf.constant(config.data.synthetic_weight, tf.float32)
     sides = tf.constant([[data.languages.index(lang) for lang in pair] for pair in data.pairs], tf.int32)
     sample_key, _ = _stream_keys(spec, config.train.seed)
-    own, first_shard = len(data.shards), data.shards.start
+    own, first_shard, num_pairs = len(data.shards), data.shards.start, len(data.pairs)
 
     def draw(shard, index):
-        pair_seed, row_seed, direction_seed = tf.unstack(tf.random.experimental.stateless_split(
-            _example_key(sample_key, shard, index), num=3))
+        # The first three of a 4-way split are those of a 3-way one: without synthetic pairs, the
+        # rows are those drawn before they existed.
+        pair_seed, row_seed, direction_seed, source_seed = tf.unstack(tf.random.experimental.stateless_split(
+            _example_key(sample_key, shard, index), num=4))
         pair = _categorical(cdf, pair_seed)
-        cell = tf.cast(pair, tf.int64) * own + shard - first_shard
+        synthetic = tf.random.stateless_uniform([], source_seed, dtype=tf.float64) < fractions[pair]
+        cell = (tf.cast(synthetic, tf.int64) * num_pairs + tf.cast(pair, tf.int64)) * own + shard - first_shard
         row = firsts[cell] + tf.random.stateless_uniform([], row_seed, minval=0, maxval=sizes[cell], dtype=tf.int64)
         start, middle, end = tf.unstack(tf.gather(offsets, 2 * row + tf.range(3, dtype=tf.int64)))
         swap = tf.random.stateless_uniform([], direction_seed, minval=0, maxval=2, dtype=tf.int32) > 0
@@ -218,7 +231,7 @@ def _pair_draw(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
         second = tf.gather(tokens, tf.range(tf.where(swap, start, middle), tf.where(swap, middle, end)))
         src_language, tgt_language = tf.unstack(sides[pair])
         return (first, second, tf.where(swap, tgt_language, src_language),
-                tf.where(swap, src_language, tgt_language))
+                tf.where(swap, src_language, tgt_language), tf.where(synthetic, weight, 1.0))
 
     return draw
 
@@ -228,10 +241,10 @@ def _tlm_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables)
     by the blocks' masker."""
     draw, mask = _pair_draw(data, config, spec, tables), _masker(data, config)
     _, mask_key = _stream_keys(spec, config.train.seed)
-    language_ids = config.model.num_languages > 0
+    language_ids, weighted = config.model.num_languages > 0, "pair_weight" in stream_fields(spec, config)
 
     def build(shard, index):
-        first, second, first_language, second_language = draw(shard, index)
+        first, second, first_language, second_language, weight = draw(shard, index)
         layout = tlm_layout(first, second, config.data.seq_len, data.tokenizer, positions=spec.positions,
                             position_offset=config.model.position_offset, src_lang=first_language,
                             tgt_lang=second_language)
@@ -239,6 +252,8 @@ def _tlm_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables)
         out["position_ids"], out["language"] = layout["position_ids"], first_language
         if language_ids:
             out["language_ids"] = layout["language_ids"]
+        if weighted:
+            out["pair_weight"] = weight
         return out
 
     return build
@@ -247,12 +262,16 @@ def _tlm_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables)
 def _pair_examples(data: PretrainData, config, spec: StreamSpec, tables: _Tables):
     """(shard, index) -> a drawn pair's sides, each alone as `<s> x </s>` (single_layout)."""
     draw = _pair_draw(data, config, spec, tables)
+    weighted = "pair_weight" in stream_fields(spec, config)
 
     def build(shard, index):
-        first, second, first_language, second_language = draw(shard, index)
-        return {"src_ids": single_layout(first, config.data.seq_len, data.tokenizer),
-                "tgt_ids": single_layout(second, config.data.seq_len, data.tokenizer),
-                "src_language": first_language, "tgt_language": second_language}
+        first, second, first_language, second_language, weight = draw(shard, index)
+        out = {"src_ids": single_layout(first, config.data.seq_len, data.tokenizer),
+               "tgt_ids": single_layout(second, config.data.seq_len, data.tokenizer),
+               "src_language": first_language, "tgt_language": second_language}
+        if weighted:
+            out["pair_weight"] = weight
+        return out
 
     return build
 

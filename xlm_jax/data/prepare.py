@@ -8,8 +8,10 @@ from typing import Callable
 import numpy as np
 
 from xlm_jax.data.examples import pack_text
+from xlm_jax.data.language_ranges import LanguageRangeTokenizer, base_vocab_size
 from xlm_jax.data.masking import token_counts
 from xlm_jax.data.sampling import language_probs, sampling_table, temperature_probs
+from xlm_jax.data.synthetic import mix_table, synthetic_fractions
 from xlm_jax.data.text import EVAL_DIVISOR, MIN_SHARD_SENTENCES, CorpusText, Processes, read_text, tokenizer_text
 from xlm_jax.data.tokenizers import (ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer, tokenizer_kind,
                                      tokenizer_path, train_sentencepiece)
@@ -32,13 +34,18 @@ class PairTable:
         return self.tokens[start:middle], self.tokens[middle:end]
 
 
-def pair_table(tokenizer: Tokenizer, rows: list[tuple[str, str]], max_side: int) -> PairTable:
-    """PairTable of (src, tgt) sentence pairs, each side encoded and cut to max_side tokens."""
-    sides = [ids[:max_side] for ids in tokenizer.encode([side for row in rows for side in row])]
+def pair_table(tokenizer: Tokenizer, pair: tuple[str, str], rows: list[tuple[str, str]], max_side: int) -> PairTable:
+    """PairTable of (src, tgt) sentence pairs of the languages `pair`, each side encoded as its
+    language's text (its own ids, with data.language_id_ranges) and cut to max_side tokens."""
+    src, tgt = (tokenizer.for_language(lang).encode([row[k] for row in rows]) for k, lang in enumerate(pair))
+    sides = [ids[:max_side] for both in zip(src, tgt) for ids in both]
     offsets = np.zeros(len(sides) + 1, np.int64)
     np.cumsum([len(ids) for ids in sides], out=offsets[1:])
     tokens = np.concatenate(sides).astype(np.int32, copy=False) if sides else np.zeros(0, np.int32)
     return PairTable(tokens, offsets)
+
+
+NO_PAIRS = PairTable(np.zeros(0, np.int32), np.zeros(1, np.int64))   # a language pair of the other source only
 
 
 @dataclasses.dataclass
@@ -61,6 +68,11 @@ class PretrainData:
     pair_counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)   # over all shards
     train_pairs: list[list[PairTable]] = dataclasses.field(default_factory=list)   # [pair][shard - shards.start]
     replicated_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (its table in each)
+    # Synthetic pairs (data.synthetic_pairs, xlm_jax.data.synthetic), aligned with `pairs`; empty without.
+    synthetic_counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)   # over all shards
+    synthetic_fractions: list[float] = dataclasses.field(default_factory=list)   # P(synthetic | language pair)
+    synthetic_train_pairs: list[list[PairTable]] = dataclasses.field(default_factory=list)   # as train_pairs
+    replicated_synthetic_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print, *,
@@ -82,11 +94,13 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     # sentences by these sentence-count q_i.
     tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)
 
-    def pack(sentences: list[str]) -> np.ndarray:
-        return pack_text(tokenizer.encode(sentences), d.seq_len, tokenizer, d.packing)
+    def pack(lang: str, sentences: list[str]) -> np.ndarray:
+        return pack_text(tokenizer.for_language(lang).encode(sentences), d.seq_len, tokenizer, d.packing)
 
     def blocks(lang: str, shards: list[list[str]]) -> list[np.ndarray]:   # a replicated language is packed once
-        return [pack(shards[0])] * len(shards) if lang in text.replicated else [pack(x) for x in shards]
+        if lang in text.replicated:
+            return [pack(lang, shards[0])] * len(shards)
+        return [pack(lang, x) for x in shards]
 
     train_blocks = [blocks(lang, text.train[lang]) for lang in languages]
     eval_blocks = [blocks(lang, text.held_out[lang]) for lang in languages]
@@ -117,7 +131,7 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
 def _check_pairs(text: CorpusText) -> None:
     if text.parallel is None:
         raise ValueError("prepare_data(pairs=True) needs the text read with read_text(..., pairs=True)")
-    if not text.pairs:
+    if not text.pairs and not (text.synthetic and text.synthetic.pairs):
         raise DataError(f"{text.origin} holds no translation pairs, which the TLM and pair streams read; "
                         "pairs come from <src>-<tgt>.tsv files (source<TAB>target a line) in data.corpus_dir "
                         "or data.files, from the <src>-<tgt> splits of a data.prepared_corpus, or from the "
@@ -134,28 +148,43 @@ def _check_language_embeddings(config, languages: list[str]) -> None:
 
 
 def _prepare_pairs(text: CorpusText, tokenizer: Tokenizer, config, log) -> dict:
-    """PretrainData's pair fields: n_i = translation pairs over all shards, q_i by data.alpha as
-    over languages, and this process's tokenized pairs (a replicated pair's tokenized once)."""
+    """PretrainData's pair fields: n_i = translation pairs over all shards, real and synthetic
+    (xlm_jax.data.synthetic), q_i by data.alpha as over languages, and this process's tokenized
+    pairs of each source (a replicated pair's tokenized once)."""
     counts = dict(zip(text.pairs, text.pair_sentences.sum(1).tolist()))
-    named = {f"{src}-{tgt}": n for (src, tgt), n in counts.items()}
+    synthetic_counts = text.synthetic.counts() if text.synthetic else {}
+    pairs = sorted(set(counts) | set(synthetic_counts))
+    named = {f"{src}-{tgt}": counts.get((src, tgt), 0) + synthetic_counts.get((src, tgt), 0) for src, tgt in pairs}
     probs = temperature_probs(named, config.data.alpha)
     max_side = config.data.seq_len - 2
 
-    def tables(pair) -> list[PairTable]:
-        shards = text.parallel[pair]
-        if pair in text.replicated_pairs:
-            return [pair_table(tokenizer, shards[0], max_side)] * len(shards)
-        return [pair_table(tokenizer, rows, max_side) for rows in shards]
+    def tables(source, pair) -> list[PairTable]:   # source: the corpus's pairs (text) or text.synthetic
+        shards = source.parallel.get(pair)
+        if shards is None:
+            return [NO_PAIRS] * len(text.shards)
+        if pair in source.replicated_pairs:
+            return [pair_table(tokenizer, pair, shards[0], max_side)] * len(shards)
+        return [pair_table(tokenizer, pair, rows, max_side) for rows in shards]
 
-    log(f"language-pair sampling (alpha={config.data.alpha}, n_i in translation pairs; TLM and pair streams):\n"
+    real_and_synthetic = ", real and synthetic" if text.synthetic else ""
+    log(f"language-pair sampling (alpha={config.data.alpha}, n_i in translation pairs{real_and_synthetic}; TLM and "
+        f"pair streams):\n"
         + sampling_table(named, probs, unit="pairs", label="pair"))
     replicated = ", ".join(f"{src}-{tgt}" for src, tgt in text.replicated_pairs)
     note = (f"; replicated (fewer than {MIN_SHARD_SENTENCES} pairs in some shard, read whole by every process): "
             f"{replicated}" if replicated else "")
     log(f"translation pairs: {sum(counts.values()):,} in {len(counts)} language pairs over "
         f"{text.plan.num_shards} shards{note}")
-    return dict(pairs=list(text.pairs), pair_probs=[probs[name] for name in named], pair_counts=counts,
-                train_pairs=[tables(pair) for pair in text.pairs], replicated_pairs=list(text.replicated_pairs))
+    fields = dict(pairs=pairs, pair_probs=[probs[name] for name in named], pair_counts=counts,
+                  train_pairs=[tables(text, pair) for pair in pairs], replicated_pairs=list(text.replicated_pairs))
+    if text.synthetic is not None:
+        fractions = synthetic_fractions(pairs, counts, synthetic_counts, config.data.synthetic_ratio)
+        log("synthetic pairs (data.synthetic_pairs) in the TLM and pair streams:\n" + mix_table(
+            pairs, counts, synthetic_counts, fields["pair_probs"], fractions, config.data))
+        fields.update(synthetic_counts=synthetic_counts, synthetic_fractions=fractions,
+                      synthetic_train_pairs=[tables(text.synthetic, pair) for pair in pairs],
+                      replicated_synthetic_pairs=list(text.synthetic.replicated_pairs))
+    return fields
 
 
 def _global_totals(text: CorpusText, train_blocks, eval_blocks, tokenizer, processes: Processes,
@@ -188,6 +217,7 @@ def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
     init_from puts the imported model's SentencePiece or WordPiece tokenizer there), else trained."""
     if workdir and tokenizer_path(workdir):
         tokenizer, path = load_tokenizer(workdir), tokenizer_path(workdir)
+        _check_language_ranges(config, tokenizer, path, text.languages)
         if tokenizer.vocab_size != config.model.vocab_size:
             raise ConfigError(f"config field `model.vocab_size`: got {config.model.vocab_size}, but the run's "
                               f"tokenizer {path} has {tokenizer.vocab_size} ids; set "
@@ -199,17 +229,52 @@ def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
         log(f"tokenizer: loaded {path} ({tokenizer.vocab_size} ids)")
         return tokenizer
     d = config.data
-    if d.tokenizer == "bytes":   # config.validate has checked model.vocab_size against its 261 ids
+    vocab_size = config.model.vocab_size
+    if d.language_id_ranges:   # the base is trained as usual, on every language's text, with P + 5 ids
+        vocab_size = base_vocab_size(vocab_size, d.tokenizer, text.languages)
+    if d.tokenizer == "bytes":   # config.validate (or base_vocab_size) has checked model.vocab_size
         tokenizer = ByteTokenizer()
         log(f"tokenizer: UTF-8 bytes ({tokenizer.vocab_size} ids)")
     else:
-        tokenizer = train_sentencepiece(tokenizer_text(text, probs, d.tokenizer_sentences), probs,
-                                        config.model.vocab_size,
-                                        input_sentence_size=d.tokenizer_sentences,
-                                        character_coverage=d.character_coverage, byte_fallback=d.byte_fallback,
-                                        seed=config.train.seed, model_type=d.tokenizer)
+        tokenizer = _train_sentencepiece(config, text, probs, vocab_size)
         log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece {d.tokenizer} model on "
             f"{d.tokenizer_sentences:,} sampled sentences")
+    if d.language_id_ranges:
+        tokenizer = LanguageRangeTokenizer(tokenizer, text.languages)
+        log(f"tokenizer: each of {', '.join(text.languages)} has its own {tokenizer.range_size} ids "
+            f"(data.language_id_ranges; {tokenizer.vocab_size} ids in all)")
     if workdir:
         log(f"tokenizer: saved {save_tokenizer(tokenizer, workdir)}")
     return tokenizer
+
+
+def _train_sentencepiece(config, text: CorpusText, probs, vocab_size: int) -> Tokenizer:
+    """SentencePiece of `vocab_size` ids on the corpus; with language id ranges, that is the base
+    every language's range copies, and its errors say so."""
+    d = config.data
+    try:
+        return train_sentencepiece(tokenizer_text(text, probs, d.tokenizer_sentences), probs, vocab_size,
+                                   input_sentence_size=d.tokenizer_sentences,
+                                   character_coverage=d.character_coverage, byte_fallback=d.byte_fallback,
+                                   seed=config.train.seed, model_type=d.tokenizer)
+    except DataError as e:
+        if not d.language_id_ranges:
+            raise
+        n = len(text.languages)
+        raise DataError(f"data.language_id_ranges: the base SentencePiece model, which each language's range "
+                        f"copies, gets (model.vocab_size - 5) / {n} + 5 = {vocab_size} of model.vocab_size="
+                        f"{config.model.vocab_size} ids (model.vocab_size = 5 + {n} x (base ids - 5)); "
+                        f"for the base: {e}") from None
+
+
+def _check_language_ranges(config, tokenizer: Tokenizer, path, languages: list[str]) -> None:
+    """A loaded tokenizer has id ranges exactly when the config asks for them, for the corpus's languages."""
+    if bool(tokenizer.languages) != config.data.language_id_ranges:
+        has = "gives each language its own ids" if tokenizer.languages else "shares its ids between languages"
+        raise ConfigError(f"config field `data.language_id_ranges`: got {config.data.language_id_ranges}, but "
+                          f"the run's tokenizer {path} {has}; set --config.data.language_id_ranges="
+                          f"{bool(tokenizer.languages)} or use a new workdir")
+    if tokenizer.languages and tuple(tokenizer.languages) != tuple(languages):
+        raise DataError(f"the run's tokenizer {path} has id ranges for {', '.join(tokenizer.languages)}, but the "
+                        f"corpus has {', '.join(languages)}; train on the corpus it was made for, or use a new "
+                        "workdir")

@@ -316,8 +316,9 @@ def corpus_dir_files(path: str) -> tuple[list[tuple[str, str]], list[tuple[str, 
     return texts, tables
 
 
-def parse_files_spec(spec) -> list[tuple[str, list[str]]]:
-    """`data.files` as [(key, [pattern, ...])]; key is a language (text files) or `<src>-<tgt>` (TSV files).
+def parse_files_spec(spec, field: str = "data.files") -> list[tuple[str, list[str]]]:
+    """`data.files` (or another field of its syntax, named in errors) as [(key, [pattern, ...])]; key
+    is a language (text files) or `<src>-<tgt>` (TSV files).
 
     String form: "en:/data/en/*.txt,/x/en2.txt.gz;sw:/data/sw.txt;en-sw:/data/en-sw.tsv"
     (entries separated by ";", files or globs of one entry by ","), or a dict / ConfigDict
@@ -332,14 +333,14 @@ def parse_files_spec(spec) -> list[tuple[str, list[str]]]:
                 continue
             key, sep, patterns = entry.partition(":")
             if not sep:
-                raise ConfigError(f"config field `data.files`: entry {entry.strip()!r} has no ':'; use "
+                raise ConfigError(f"config field `{field}`: entry {entry.strip()!r} has no ':'; use "
                                   "\"<lang>:<file or glob>,...;<src>-<tgt>:<tsv file>,...\", e.g. "
                                   "\"en:/data/en/*.txt.gz;sw:/data/sw.txt\"")
             entries.append((key.strip(), patterns))
     elif hasattr(spec, "items"):
         entries = list(spec.items())
     else:
-        raise ConfigError(f"config field `data.files`: got {type(spec).__name__}; use a string "
+        raise ConfigError(f"config field `{field}`: got {type(spec).__name__}; use a string "
                           "\"<lang>:<file or glob>,...;...\" or a dict {lang: [files or globs]}")
     parsed, seen = [], set()
     for key, patterns in entries:
@@ -348,28 +349,29 @@ def parse_files_spec(spec) -> list[tuple[str, list[str]]]:
         patterns = [p.strip() for p in patterns if p.strip()]
         pair = _TSV_KEY.fullmatch(key)
         if not (_LANG_KEY.fullmatch(key) or (pair and pair.group(1) != pair.group(2))):
-            raise ConfigError(f"config field `data.files`: {key!r} is neither a language code (en, pt_BR, "
+            raise ConfigError(f"config field `{field}`: {key!r} is neither a language code (en, pt_BR, "
                               "sr_Latn) nor a pair of two different ones (en-de)")
         if not patterns:
-            raise ConfigError(f"config field `data.files`: {key!r} names no file")
+            raise ConfigError(f"config field `{field}`: {key!r} names no file")
         if key in seen:
-            raise ConfigError(f"config field `data.files`: {key!r} appears twice; list all its files in one entry")
+            raise ConfigError(f"config field `{field}`: {key!r} appears twice; list all its files in one entry")
         seen.add(key)
         parsed.append((key, patterns))
     return parsed
 
 
-def resolve_files(spec) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """Expands `data.files` to ([(file, lang)], [(file, src, tgt)]); a missing file or empty glob raises."""
+def resolve_files(spec, field: str = "data.files") -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """Expands `data.files` (or `field`) to ([(file, lang)], [(file, src, tgt)]); a missing file or empty
+    glob raises."""
     texts, tables = [], []
-    for key, patterns in parse_files_spec(spec):
+    for key, patterns in parse_files_spec(spec, field):
         for pattern in patterns:
             if glob.has_magic(pattern):
                 paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
                 if not paths:
-                    raise DataError(f"data.files: {key}: {pattern!r} matches no file")
+                    raise DataError(f"{field}: {key}: {pattern!r} matches no file")
             elif not os.path.isfile(pattern):
-                raise DataError(f"data.files: {key}: {pattern!r} does not exist or is not a file")
+                raise DataError(f"{field}: {key}: {pattern!r} does not exist or is not a file")
             else:
                 paths = [pattern]
             pair = _TSV_KEY.fullmatch(key)

@@ -10,6 +10,9 @@ is one of three kinds, each built by xlm_jax.data.pipeline from the prepared dat
 - "pairs": the two sides of a translation pair as separate `<s> x </s>` sequences
   (examples.xlco_pair; InfoXLM's XLCo, translation-pair classification).
 
+While `data.synthetic_pairs` is set, every example of the two pair kinds carries its
+`pair_weight` (1.0 real, data.synthetic_weight synthetic: xlm_jax.data.synthetic).
+
 `stream_fields` gives each field's per-example shape, dtype and logical axes (the batch axis
 is implied in front), `batch_spec` the global shapes for compiling the step ahead of time.
 This module imports no TensorFlow: model and objective code read it.
@@ -63,7 +66,7 @@ def stream_fields(spec: StreamSpec, config) -> dict[str, Field]:
 
     Language indices point into the prepared data's sorted `languages`; `language_ids` (the
     language at every position, for XLM's language embeddings) exist only when
-    model.num_languages > 0.
+    model.num_languages > 0; `pair_weight` (float32) only while data.synthetic_pairs is set.
     """
 
     _check_kind(spec)
@@ -72,8 +75,9 @@ def stream_fields(spec: StreamSpec, config) -> dict[str, Field]:
     slots = max_predictions(length, d.mask_prob, d.whole_word_mask)
     tokens = Field((length,), np.dtype(np.int32), ("length",))
     scalar = Field((), np.dtype(np.int32), ())
+    weight = {"pair_weight": Field((), np.dtype(np.float32), ())} if getattr(d, "synthetic_pairs", "") else {}
     if spec.kind == "pairs":
-        return {"src_ids": tokens, "tgt_ids": tokens, "src_language": scalar, "tgt_language": scalar}
+        return {"src_ids": tokens, "tgt_ids": tokens, "src_language": scalar, "tgt_language": scalar, **weight}
     fields = {"input_ids": tokens}
     if spec.kind == "tlm":
         fields["position_ids"] = tokens
@@ -83,6 +87,8 @@ def stream_fields(spec: StreamSpec, config) -> dict[str, Field]:
                   language=scalar)
     if config.model.num_languages > 0:
         fields["language_ids"] = tokens
+    if spec.kind == "tlm":
+        fields.update(weight)
     return fields
 
 

@@ -12,7 +12,8 @@ whatever the process count; they depend on the data and S = `data.shards` only.
   from all of it; its last min(E, n / 10) sentences are held out.
 - Translation pairs (read_text(pairs=True), for the TLM and pair streams): all of a shard's
   pairs are training pairs; a language pair with fewer than 10 pairs in some shard is
-  replicated as a small language is.
+  replicated as a small language is. Synthetic pairs (data.synthetic_pairs,
+  xlm_jax.data.synthetic) are read the same way, as a source of their own.
 - The tokenizer's training sample: the first training sentences of each of up to 64
   evenly spread shards of every language (all of a replicated one), read by whichever
   process trains the tokenizer, so the vocabulary does not depend on the process count.
@@ -23,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from xlm_jax.data.corpus import CorpusPlan, check_counts, plan_corpus, plan_pairs, read_shards
+from xlm_jax.data import synthetic
+from xlm_jax.data.corpus import CorpusPlan, check_counts, plan_corpus, plan_pairs, plan_synthetic_pairs, read_shards
 from xlm_jax.data.sampling import language_probs
 from xlm_jax.data.shards import check_shards, owned_shards
 from xlm_jax.data.sources import Reader
@@ -82,6 +84,19 @@ class Processes:
 
 
 @dataclasses.dataclass
+class PairText:
+    """The translation pairs of one pair source beside the corpus (data.synthetic_pairs), laid out
+    as CorpusText's: the language pairs with pairs, every shard's counts, this process's pairs."""
+    pairs: list[tuple[str, str]]                 # sorted
+    pair_sentences: np.ndarray                   # int64 [pairs, S]
+    replicated_pairs: list[tuple[str, str]]
+    parallel: dict[tuple[str, str], list[list[tuple[str, str]]]]   # per own shard (replicated: all in each)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return dict(zip(self.pairs, self.pair_sentences.sum(1).tolist()))
+
+
+@dataclasses.dataclass
 class CorpusText:
     plan: CorpusPlan
     shards: range                          # this process's
@@ -97,6 +112,7 @@ class CorpusText:
     replicated_pairs: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     # (src, tgt) -> per own shard (a replicated pair: all of it in each); None unless read_text(pairs=True)
     parallel: dict[tuple[str, str], list[list[tuple[str, str]]]] | None = None
+    synthetic: PairText | None = None      # data.synthetic_pairs, with read_text(pairs=True)
 
     def held_out_sizes(self, lang: str) -> np.ndarray:
         """Held-out sentences per shard; for a replicated language, [all of them]."""
@@ -139,6 +155,7 @@ def read_text(config, processes: Processes = Processes(), log: Callable[[str], N
     own = owned_shards(processes.index, processes.count, num_shards)
     reader = Reader.from_config(d)
     plan = plan_corpus(d, num_shards)
+    synthetic_plan = plan_synthetic_pairs(d, num_shards) if pairs else None   # its files exist, before reading
     corpora, unit_counts = processes.agreed(lambda: read_shards(plan, own, reader))
     candidates = plan_pairs(plan)
     local = np.zeros((len(plan.languages) + len(candidates), num_shards), np.int64)
@@ -164,6 +181,8 @@ def read_text(config, processes: Processes = Processes(), log: Callable[[str], N
     if pairs:
         text.parallel = {pair: _shard_pairs(corpora, pair, own, num_shards, pair in replicated_pairs)
                          for pair in pair_names}
+    if synthetic_plan is not None:
+        text.synthetic = _read_pair_source(synthetic_plan, processes, own, languages, reader)
     for lang in languages:
         sizes = text.held_out_sizes(lang)
         if lang in replicated:
@@ -182,6 +201,32 @@ def read_text(config, processes: Processes = Processes(), log: Callable[[str], N
         + (f"; replicated (fewer than {MIN_SHARD_SENTENCES} sentences in some shard, read whole by every "
            f"process): {', '.join(replicated)}" if replicated else ""))
     return text
+
+
+def _read_pair_source(plan: CorpusPlan, processes: Processes, own: range, languages: list[str],
+                      reader: Reader) -> PairText:
+    """A plan of pair files only (corpus.plan_synthetic_pairs) read as the corpus's pairs are: this
+    process's shards, counts agreed by all, a file without pairs dropped (or raised) by the reader's
+    policy, language pairs with fewer than MIN_SHARD_SENTENCES pairs in some shard replicated."""
+    synthetic.check_languages(sorted({unit.langs for unit in plan.units}), languages)
+    corpora, unit_counts = processes.agreed(lambda: read_shards(plan, own, reader))
+    candidates = plan_pairs(plan)
+    local = np.zeros((len(candidates), plan.num_shards), np.int64)
+    for s, corpus in corpora.items():
+        local[:, s] = [len(corpus.parallel.get(pair, ())) for pair in candidates]
+    table = processes.sum(np.concatenate([unit_counts.ravel(), local.ravel()]))
+    unit_counts, counts = table[:unit_counts.size].reshape(unit_counts.shape), table[unit_counts.size:]
+    for unit, (lines, kept, *skipped) in zip(plan.units, unit_counts):
+        reader.require_text(unit.name, lines, kept, any(skipped), unit.langs)
+    counts = counts.reshape(local.shape)
+    names = [pair for pair, row in zip(candidates, counts) if row.sum() > 0]
+    counts = counts[[candidates.index(pair) for pair in names]].reshape(len(names), plan.num_shards)
+    replicated = [pair for pair, row in zip(names, counts) if row.min() < MIN_SHARD_SENTENCES]
+    if replicated and len(own) < plan.num_shards:
+        others = [s for s in range(plan.num_shards) if s not in own]
+        corpora.update(read_shards(plan, others, reader.quiet(), pairs=set(replicated))[0])
+    parallel = {pair: _shard_pairs(corpora, pair, own, plan.num_shards, pair in replicated) for pair in names}
+    return PairText(names, counts, replicated, parallel)
 
 
 def _shard_pairs(corpora, pair, own: range, num_shards: int, replicated: bool) -> list[list[tuple[str, str]]]:

@@ -21,11 +21,11 @@ from etils import epath
 from xlm_jax import config as config_lib
 from xlm_jax.data.prepare import _tokenizer
 from xlm_jax.data.text import read_text
-from xlm_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_kind
+from xlm_jax.data.tokenizers import Tokenizer, tokenizer_kind
 from xlm_jax.workdir import make_workdir
 
 REPORT_FILE = "tokenizer_report.json"
-_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+_BYTE_PIECE = re.compile(r"(?:.+:)?<0x[0-9A-F]{2}>")   # "de:<0xE2>" with data.language_id_ranges
 
 
 def fertility(tokenizer: Tokenizer, sentences: list[str]) -> float:
@@ -37,7 +37,7 @@ def fertility(tokenizer: Tokenizer, sentences: list[str]) -> float:
 
 def _byte_piece_ids(tokenizer: Tokenizer) -> np.ndarray:
     """Sorted ids of SentencePiece byte-fallback pieces; none for other tokenizers."""
-    if not isinstance(tokenizer, SentencePieceTokenizer):
+    if tokenizer_kind(tokenizer) not in ("unigram", "bpe"):
         return np.zeros(0, np.int64)
     return np.array([i for i in range(tokenizer.vocab_size) if _BYTE_PIECE.fullmatch(tokenizer.id_to_piece(i))],
                     np.int64)
@@ -65,8 +65,9 @@ def format_table(stats: dict[str, dict]) -> str:
 
 
 def tokenizer_report(tokenizer: Tokenizer, text_by_language: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
-    """{lang: language_stats + "text"} for {lang: ("held-out" or "training", sentences)}."""
-    return {lang: {"text": kind, **language_stats(tokenizer, sentences)}
+    """{lang: language_stats + "text"} for {lang: ("held-out" or "training", sentences)}, each
+    language's text encoded as that language's (its own ids, with data.language_id_ranges)."""
+    return {lang: {"text": kind, **language_stats(tokenizer.for_language(lang), sentences)}
             for lang, (kind, sentences) in sorted(text_by_language.items())}
 
 

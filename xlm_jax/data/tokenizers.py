@@ -5,7 +5,8 @@ own model loads unchanged: fairseq puts `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 fir
 every other SentencePiece id by one and appends `<mask>`: XLM-R's 250,000 pieces become
 250,002 ids. The byte tokenizer keeps that layout around the 256 UTF-8 byte values (261
 ids, as the byte-level models of "Measuring Cross-lingual Transfer in Bytes"). mBERT's
-WordPiece lives in wordpiece.py; a run directory holds one of the three files below.
+WordPiece lives in wordpiece.py; a run directory holds one of the three files below (with
+data.language_id_ranges, also language_ranges.RANGES_FILE beside it).
 """
 import io
 import itertools
@@ -19,8 +20,9 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
+from xlm_jax.data.language_ranges import RANGES_FILE, LanguageRangeTokenizer, ranges_json, read_ranges
 from xlm_jax.data.wordpiece import WordPieceTokenizer
-from xlm_jax.errors import CheckpointError, DataError
+from xlm_jax.errors import CheckpointError, ConfigError, DataError
 from xlm_jax.extras import available, install_command
 from xlm_jax.jsonfiles import read_json_object
 
@@ -197,7 +199,10 @@ class ByteTokenizer(_FairseqLayout):
 
 
 def tokenizer_kind(tokenizer: Tokenizer) -> str:
-    """"unigram", "bpe" (SentencePiece), "bytes" or "wordpiece": what `data.tokenizer` names."""
+    """"unigram", "bpe" (SentencePiece), "bytes" or "wordpiece": what `data.tokenizer` names
+    (of the base, for language id ranges)."""
+    if isinstance(tokenizer, LanguageRangeTokenizer):
+        return tokenizer_kind(tokenizer.base)
     if isinstance(tokenizer, ByteTokenizer):
         return "bytes"
     if isinstance(tokenizer, WordPieceTokenizer):
@@ -230,9 +235,16 @@ def tokenizer_exists(workdir) -> bool:
 
 
 def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
-    """Writes the run's tokenizer file atomically: tokenizer.model, .wordpiece.json or .bytes.json."""
+    """Writes the run's tokenizer file atomically: tokenizer.model, .wordpiece.json or .bytes.json.
+
+    Language id ranges write tokenizer.ranges.json, then their base's file: a run killed in
+    between has no tokenizer file yet, so it makes the tokenizer again instead of loading a
+    base without its ranges."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, LanguageRangeTokenizer):
+        _atomic_write(workdir / RANGES_FILE, ranges_json(tokenizer, tokenizer_kind(tokenizer.base)))
+        return save_tokenizer(tokenizer.base, workdir)
     if isinstance(tokenizer, SentencePieceTokenizer):
         path, data = workdir / SENTENCEPIECE_FILE, tokenizer.model_proto
     elif isinstance(tokenizer, WordPieceTokenizer):
@@ -253,6 +265,13 @@ def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
 
 def load_tokenizer(workdir) -> Tokenizer:
     """The run's tokenizer: DataError naming the file when it is missing, ambiguous or damaged."""
+    tokenizer = _load_tokenizer_file(workdir)
+    ranges = epath.Path(workdir) / RANGES_FILE
+    return read_ranges(ranges, tokenizer, tokenizer_kind(tokenizer)) if ranges.exists() else tokenizer
+
+
+def _load_tokenizer_file(workdir) -> Tokenizer:
+    """The tokenizer of the run directory's one tokenizer file (the base, for language id ranges)."""
     files = _tokenizer_files(workdir)
     if not files:
         raise DataError(f"no tokenizer in {workdir}: expected {epath.Path(workdir) / SENTENCEPIECE_FILE} "
@@ -358,6 +377,11 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_lengt
     SentencePiece model with byte fallback: transformers' XLM-R converter drops byte fallback
     (unseen characters would become <unk>), so a tokenizer.json with it is written too.
     """
+    if isinstance(tokenizer, LanguageRangeTokenizer):
+        raise ConfigError("config field `data.language_id_ranges`: this run's tokenizer gives each language its "
+                          f"own id range ({', '.join(tokenizer.languages)}), and transformers has no such "
+                          "tokenizer, so the model cannot be exported with one; export a run trained with "
+                          "data.language_id_ranges=False")
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, SentencePieceTokenizer):

@@ -100,6 +100,9 @@ class Alignment(Evaluator):
     def check(self) -> None:
         self.pair_sets  # noqa: B018  (reads and validates every input)
 
+    def languages_used(self) -> list[str]:
+        return list(dict.fromkeys(code for s in self.pair_sets for code in (s.source_language, s.target_language)))
+
     @functools.cached_property
     def pair_sets(self) -> list[ParallelSet]:
         """The translation pairs, read as the retrieval evaluator reads them, cut to max_pairs."""
@@ -138,8 +141,8 @@ class Alignment(Evaluator):
         for pair_set in self.pair_sets:
             fit = self._fit_count(pair_set)
             context.log(f"{self.name}: {pair_set.language}: {len(pair_set.source)} pairs, {len(layers)} layers")
-            xx = context.encode(pair_set.source, layers=layers)
-            en = context.encode(pair_set.target, layers=layers)
+            xx = context.encode(pair_set.source, layers=layers, language=pair_set.source_language)
+            en = context.encode(pair_set.target, layers=layers, language=pair_set.target_language)
             curves[pair_set.language] = layer_scores(xx, en, fit)
             details["pairs"][pair_set.language], details["fit_pairs"][pair_set.language] = len(pair_set.source), fit
             details["chance_acc"][pair_set.language] = 1.0 / (len(pair_set.source) - fit)
@@ -166,13 +169,16 @@ class Alignment(Evaluator):
 
     def _against_other_model(self, context: EvalContext, layers) -> np.ndarray:
         """[this model's layers, the other's layers] CKA on the same sentences, each model with its
-        own tokenizer."""
+        own tokenizer (and each side in its language)."""
         subject = context.subject
         other = load_subject(self.options.compare_with, subject.mesh, subject.rules, context.log)
         texts = [t for pair_set in self.pair_sets for t in pair_set.source + pair_set.target]
+        languages = [code for s in self.pair_sets
+                     for code in [s.source_language] * len(s.source) + [s.target_language] * len(s.target)]
         context.log(f"{self.name}: CKA against {self.options.compare_with} on {len(texts)} sentences")
-        theirs = make_context(other).encode(texts, layers=tuple(range(other.model_config.num_layers + 1)))
-        return cka_between(context.encode(texts, layers=layers), theirs)
+        theirs = make_context(other).encode(texts, layers=tuple(range(other.model_config.num_layers + 1)),
+                                            language=languages)
+        return cka_between(context.encode(texts, layers=layers, language=languages), theirs)
 
     def _between_plot(self, context: EvalContext, between: np.ndarray) -> list[str]:
         if context.artifacts_dir is None:

@@ -32,9 +32,9 @@ mean); Result.majority: the most frequent training label scored on each test set
 Files: `<data>/xnli_<split>_<lang>.tsv`, header `id<TAB>premise<TAB>hypothesis<TAB>label`.
 Result.details: the training accuracy after fine-tuning (on up to 1000 training pairs:
 whether the model fit what it saw, apart from whether that transfers), the loss curve,
-the majority label and the example counts. Models with XLM language embeddings get
-language id 0 in training and testing (XLM uses each side's language; no language-to-id
-map reaches evaluators yet).
+the majority label and the example counts. Each language's text is tokenized and fed as
+that language of the run (evaluation/languages.py): its tokenizer, and its language id
+for models with language embeddings.
 """
 import collections
 import os
@@ -158,6 +158,9 @@ class XNLI(Evaluator):
             tests[language] = (path, read_xnli(path)[:o.max_test_examples or None])
         self._data = {"train_file": train_file, "train": train, "tests": tests}
 
+    def languages_used(self) -> list[str]:
+        return list(dict.fromkeys([self.options.source_language, *self._data["tests"]]))
+
     def _open_tfds(self) -> None:
         """Opens the TFDS training set without reading it, so a missing one fails up front."""
         try:
@@ -184,9 +187,10 @@ class XNLI(Evaluator):
         train = self.training_pairs()
         if not train:
             raise DataError(f"{self._data['train_file']}: no training pairs")
+        source = context.inputs(o.source_language)
         examples = finetune.Examples(
-            ids=pair_ids(subject.tokenizer, [p for p, _, _ in train], [h for _, h, _ in train], seq_len),
-            labels=[label for _, _, label in train])
+            ids=pair_ids(source.tokenizer, [p for p, _, _ in train], [h for _, h, _ in train], seq_len),
+            labels=[label for _, _, label in train], language_ids=[source.language_id] * len(train))
         tuner = finetune.FineTune(context, SequenceClassifier(subject.model_config, len(LABELS)),
                                   finetune.budget(o, len(train)), self.name)
         context.log(f"{self.name}: fine-tuning on {len(train)} pairs of {self._data['train_file']} "
@@ -196,8 +200,10 @@ class XNLI(Evaluator):
         majority = min(counts, key=lambda label: (-counts[label], label))
         per_language, baseline = {}, {}
         for language, (path, rows) in self._data["tests"].items():
-            ids = pair_ids(subject.tokenizer, [p for p, _, _ in rows], [h for _, h, _ in rows], seq_len)
-            predicted = np.array([int(np.argmax(x)) for x in tuner.predict(params, ids)])
+            target = context.inputs(language)
+            ids = pair_ids(target.tokenizer, [p for p, _, _ in rows], [h for _, h, _ in rows], seq_len)
+            logits = tuner.predict(params, ids, [target.language_id] * len(ids))
+            predicted = np.array([int(np.argmax(x)) for x in logits])
             gold = np.array([label for _, _, label in rows])
             per_language[language] = {"accuracy": float(np.mean(predicted == gold))}
             baseline[language] = {"accuracy": float(np.mean(gold == majority))}

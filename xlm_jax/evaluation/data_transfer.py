@@ -23,7 +23,8 @@ is seen for more epochs: the curve measures what a fixed compute budget makes of
 
 The random-init baseline is off by default: its weights are the from-scratch init itself (both
 come from `subject.seed`), so its fine-tuned and from-scratch runs are the same run and D_T = 0
-exactly; it would only double the cost. Models with language embeddings are trained and scored with language id 0.
+exactly; it would only double the cost. The text is tokenized and fed as its language of the run
+(evaluation/languages.py): its tokenizer, and its language id for models with language embeddings.
 """
 import dataclasses
 import functools
@@ -121,6 +122,7 @@ def first_bytes(lines: list[str], size: int) -> list[str]:
 @register
 class DataTransfer(Evaluator):
     kind = "data_transfer"
+    language_option = "language"
 
     @classmethod
     def defaults(cls) -> dict:
@@ -130,6 +132,9 @@ class DataTransfer(Evaluator):
 
     def check(self) -> None:
         self.texts  # noqa: B018  (reads and validates every input)
+
+    def languages_used(self) -> list[str]:
+        return [self.language]
 
     @functools.cached_property
     def sizes(self) -> list[int]:
@@ -194,7 +199,7 @@ class DataTransfer(Evaluator):
         subject, o = context.subject, self.options
         self._check_shapes(subject)
         train_lines, heldout_lines = self.texts
-        runner = _Runner(self._train_config(subject), subject, context.log, self.name)
+        runner = _Runner(self._train_config(subject), subject, context.inputs(self.language), context.log, self.name)
         heldout = runner.heldout_batches(heldout_lines)
         scratch_params = random_init_params(subject.model_config, subject.mesh, subject.rules, subject.seed)
         curves = {"finetuned": [], "scratch": []}
@@ -234,10 +239,11 @@ class DataTransfer(Evaluator):
 
 
 class _Runner:
-    """The framework's own train and eval steps, compiled once and shared by every run."""
+    """The framework's own train and eval steps, compiled once and shared by every run; the text is
+    tokenized and fed as `inputs` (LanguageInputs: the target language's tokenizer and id)."""
 
-    def __init__(self, config, subject, log, name: str):
-        self.config, self.subject, self.log, self.name = config, subject, log, name
+    def __init__(self, config, subject, inputs, log, name: str):
+        self.config, self.subject, self.inputs, self.log, self.name = config, subject, inputs, log, name
         model, self.optimizer = MaskedLM(config.model), make_optimizer(config.train)
         self.objectives = build_objectives(config)     # the default: masked LM alone
         _, self.shardings = state_shardings(model, self.objectives, self.optimizer, config, subject.mesh,
@@ -249,13 +255,13 @@ class _Runner:
         self.slots = max_predictions(config.data.seq_len, MASK_PROB)
 
     def blocks(self, lines: list[str]) -> np.ndarray:
-        tokenizer = self.subject.tokenizer
+        tokenizer = self.inputs.tokenizer
         return pack_stream(tokenizer.encode(lines), self.config.data.seq_len, tokenizer.bos_id,
                            tokenizer.eos_id, tokenizer.pad_id)
 
     def _put(self, batch: dict):
         if self.config.model.num_languages:
-            batch = {**batch, "language_ids": np.zeros_like(batch["input_ids"])}
+            batch = {**batch, "language_ids": np.full_like(batch["input_ids"], self.inputs.language_id)}
         return {k: jax.make_array_from_callback(v.shape, self.rows, lambda index, v=v: v[index])
                 for k, v in batch.items()}
 

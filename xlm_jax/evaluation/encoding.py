@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.evaluation.evaluator import EvalContext, Subject
+from xlm_jax.evaluation.languages import language_inputs
 from xlm_jax.models.masked_lm import MaskedLM, truncated
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, on_mesh
 
@@ -112,14 +113,15 @@ class SentenceEncoder:
             start += count
 
     def __call__(self, params, texts: list[str], layers=None, pooling: str = "mean",
-                 language_id: int = 0) -> np.ndarray:
-        """float32 [len(layers), len(texts), hidden], in the order of `texts`."""
+                 language_id: int = 0, tokenizer=None) -> np.ndarray:
+        """float32 [len(layers), len(texts), hidden], in the order of `texts`; tokenizer: the one of
+        the texts' language (default: the model's, shared by its languages)."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         layers = resolve_layers(layers, self.config.num_layers)
         if not len(texts):
             return np.zeros((len(layers), 0, self.config.hidden_size), np.float32)
-        rows = token_rows(self.tokenizer, texts, self.config.max_len)
+        rows = token_rows(tokenizer or self.tokenizer, texts, self.config.max_len)
         order = np.argsort([len(r) for r in rows], kind="stable")
         pool = self._pool_fn(layers, pooling)
         pending = []
@@ -140,7 +142,34 @@ def make_context(subject: Subject, encoder: SentenceEncoder | None = None, **con
     on the same mesh (e.g. the model's, for its random-init baseline) to reuse its compiled shapes."""
     encoder = encoder or SentenceEncoder(subject.model_config, subject.tokenizer, subject.mesh, subject.rules)
 
-    def encode(texts, layers=None, pooling="mean", language_id=0):
-        return encoder(subject.params, texts, layers, pooling, language_id)
+    def encode(texts, layers=None, pooling="mean", language=None):
+        return encode_languages(encoder, subject, list(texts), layers, pooling, language)
 
     return EvalContext(subject=subject, encode=encode, encoder=encoder, **context_fields)
+
+
+def encode_languages(encoder: SentenceEncoder, subject: Subject, texts: list[str], layers, pooling: str,
+                     language) -> np.ndarray:
+    """`encoder` on `subject`'s params, each text as its language: `language` is one code for all
+    texts, or a list of one per text. One encoder call per distinct tokenizer and language id, over
+    its distinct texts: a model that does not use languages encodes everything in one call, as
+    before languages were known."""
+    languages = [language] * len(texts) if language is None or isinstance(language, str) else list(language)
+    if len(languages) != len(texts):
+        raise ValueError(f"encode: {len(languages)} languages for {len(texts)} texts")
+    inputs_of = {code: language_inputs(subject, code) for code in dict.fromkeys(languages)}
+    groups = {}   # LanguageInputs -> {distinct text: [its positions in texts]}
+    for position, (text, code) in enumerate(zip(texts, languages)):
+        groups.setdefault(inputs_of[code], {}).setdefault(text, []).append(position)
+    if not groups:
+        return encoder(subject.params, [], layers, pooling)
+    vectors = None
+    for inputs, positions_of in groups.items():
+        pooled = encoder(subject.params, list(positions_of), layers, pooling, inputs.language_id, inputs.tokenizer)
+        if len(groups) == 1 and len(positions_of) == len(texts):
+            return pooled   # every text distinct and of one encoding: already in order
+        if vectors is None:
+            vectors = np.empty((pooled.shape[0], len(texts), pooled.shape[2]), np.float32)
+        for row, positions in enumerate(positions_of.values()):
+            vectors[:, positions] = pooled[:, row:row + 1]
+    return vectors

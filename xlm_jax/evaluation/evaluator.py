@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xlm_jax.errors import ConfigError
+from xlm_jax.evaluation.languages import LanguageInputs, language_inputs
 
 COMMON_OPTIONS = {
     "kind": "",                   # the registered evaluator; "" = the entry's name
@@ -36,6 +37,7 @@ class Subject:
     step: int = 0                 # the checkpoint's step (0: imported or random weights)
     label: str = "model"          # "model", or "random-init" for the baseline
     seed: int = 0                 # for anything random the evaluator does (fine-tuning, sampling)
+    languages: tuple[str, ...] = ()   # the run's languages in language-id order; () = not known (imported)
 
 
 @dataclasses.dataclass
@@ -63,9 +65,12 @@ class Result:
 class EvalContext:
     """What an evaluator is given: the subject, its encode function, where to write.
 
-    encode(texts, layers=(k, ...), pooling="mean"|"first") -> float32 [len(layers), N, hidden]:
+    encode(texts, layers=(k, ...), pooling="mean"|"first", language=None) -> float32 [len(layers), N, hidden]:
     bucketed, batched and sharded on the subject's mesh (evaluation/encoding.py). Layer k
-    indexes [embeddings, layer 1, ..., layer L]; negative k counts from the end.
+    indexes [embeddings, layer 1, ..., layer L]; negative k counts from the end. `language`
+    (the data's code: "deu", "de", "zh_CN") picks the run's language: its tokenizer and
+    language id (evaluation/languages.py); `inputs(language)` gives those to evaluators
+    that tokenize themselves.
     artifacts_dir: where the evaluator may write its own files (PNG, TSV); None = write nothing.
     work_dir: where a fine-tune keeps resumable checkpoints; None = keep nothing on disk.
     heldout: the run's held-out pretraining batches, where there is a pretraining corpus
@@ -79,6 +84,10 @@ class EvalContext:
     heldout: Any = None
     encoder: Any = None           # the SentenceEncoder behind `encode` (shapes, buckets, mesh)
 
+    def inputs(self, language: str | None) -> LanguageInputs:
+        """The tokenizer and language id of `language`'s text for this subject."""
+        return language_inputs(self.subject, language)
+
 
 class Evaluator:
     """Base class: subclasses set `kind`, `defaults()`, and implement `check` and `evaluate`.
@@ -88,6 +97,7 @@ class Evaluator:
     trains or evaluates anything; `evaluate(context)` does the work.
     """
     kind: ClassVar[str] = ""
+    language_option: ClassVar[str] = "languages"   # the option that names its languages, for errors
 
     def __init__(self, name: str, options: ml_collections.ConfigDict):
         self.name, self.options = name, options
@@ -103,6 +113,10 @@ class Evaluator:
 
     def check(self) -> None:
         pass
+
+    def languages_used(self) -> list[str]:
+        """The language codes of the text it will encode, as its data names them (after check())."""
+        return []
 
     def evaluate(self, context: EvalContext) -> Result:
         raise NotImplementedError

@@ -15,6 +15,8 @@ jitted step on the subject's mesh with the state donated, and orbax `Checkpoints
   process builds the same global numpy batch; `jax.make_array_from_callback` hands each
   device its rows (so it runs on many hosts too). Rows are padded to a multiple of the
   batch shards with label-free rows, so results do not depend on the device count.
+- Languages: each example carries its text's language id (Examples.language_ids), fed to
+  models with language embeddings (and per-language layers) in training and prediction.
 - Loss: cross-entropy summed over labeled rows/tokens and divided by their count, over
   the global batch (exact however it is sharded); dropout keys fold in the step.
 - One compiled train shape: the length bucket of the longest training example. Prediction
@@ -110,9 +112,16 @@ def optimizer_config(b: Budget) -> ml_collections.ConfigDict:
 @dataclasses.dataclass
 class Examples:
     """Labeled examples: ids[i] is `<s> ... </s>` (int32), labels[i] an int (one per sequence)
-    or an int32 array as long as ids[i] (one per token, IGNORE where there is none)."""
+    or an int32 array as long as ids[i] (one per token, IGNORE where there is none);
+    language_ids[i] the language id of example i's text (None: 0 for every example)."""
     ids: list[np.ndarray]
     labels: list
+    language_ids: list[int] | None = None
+
+    def head(self, limit: int) -> "Examples":
+        """The first `limit` examples."""
+        return Examples(self.ids[:limit], self.labels[:limit],
+                        None if self.language_ids is None else self.language_ids[:limit])
 
 
 def label_loss_terms(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -141,19 +150,22 @@ def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
 
 
 def padded_batch(examples: Examples, indices, rows: int, length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """input_ids [rows, length] and labels [rows] or [rows, length]; rows past `indices` are
-    padding (IGNORE labels)."""
+    """input_ids and language_ids [rows, length], labels [rows] or [rows, length]; rows past
+    `indices` are padding (IGNORE labels)."""
     token_level = np.ndim(examples.labels[0]) == 1
     ids = np.full((rows, length), pad_id, np.int32)
+    language_ids = np.zeros((rows, length), np.int32)
     labels = np.full((rows, length) if token_level else (rows,), IGNORE, np.int32)
     for row, i in enumerate(indices):
         n = len(examples.ids[i])
         ids[row, :n] = examples.ids[i]
+        if examples.language_ids is not None:
+            language_ids[row] = examples.language_ids[i]
         if token_level:
             labels[row, :n] = examples.labels[i]
         else:
             labels[row] = examples.labels[i]
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "language_ids": language_ids, "labels": labels}
 
 
 def length_bucket(length: int, max_len: int) -> int:
@@ -167,6 +179,8 @@ def fingerprint(subject, module, examples: Examples, b: Budget) -> str:
     digest = hashlib.sha256()
     for ids, labels in zip(examples.ids, examples.labels):
         digest.update(np.asarray(ids, np.int32).tobytes() + b"|" + np.asarray(labels, np.int32).tobytes() + b";")
+    if examples.language_ids is not None:
+        digest.update(np.asarray(examples.language_ids, np.int32).tobytes())
     hyperparameters = {k: v for k, v in dataclasses.asdict(b).items() if k != "checkpoint_every"}
     described = json.dumps([type(module).__name__, module.num_labels, hyperparameters, subject.label,
                             subject.step, subject.seed, subject.model_config.to_dict(), digest.hexdigest()],
@@ -194,13 +208,14 @@ class Programs:
                                in_shardings=(self.shardings.params, self.rows_sharding),
                                out_shardings=self.replicated)
 
-    def _language_kwargs(self, ids):
-        """Models with XLM language embeddings get language id 0 (no language map reaches evaluators)."""
-        return {"language_ids": jnp.zeros_like(ids)} if self.with_languages else {}
+    def _language_kwargs(self, language_ids):
+        """The batch's language ids, for a model with XLM language embeddings (others ignore them)."""
+        return {"language_ids": language_ids} if self.with_languages else {}
 
     def _init_boxed(self, rng):
         ids = jnp.full((1, 8), 4, jnp.int32)
-        return self.module.init({"params": rng, "dropout": rng}, ids, **self._language_kwargs(ids))["params"]
+        return self.module.init({"params": rng, "dropout": rng}, ids,
+                                **self._language_kwargs(jnp.zeros_like(ids)))["params"]
 
     def _init_fn(self):
         """(encoder params, key) -> step-0 state: that encoder, a head drawn from the key, fresh moments."""
@@ -218,7 +233,7 @@ class Programs:
 
             def loss_fn(params):
                 logits = self.module.apply({"params": params}, batch["input_ids"], deterministic=False,
-                                           rngs={"dropout": rng}, **self._language_kwargs(batch["input_ids"]))
+                                           rngs={"dropout": rng}, **self._language_kwargs(batch["language_ids"]))
                 terms = label_loss_terms(logits, batch["labels"])
                 return terms["loss_sum"], terms
 
@@ -234,8 +249,9 @@ class Programs:
                        in_shardings=(self.shardings, self.rows_sharding, None),
                        out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
 
-    def _logits(self, params, ids):
-        return self.module.apply({"params": params}, ids, deterministic=True, **self._language_kwargs(ids))
+    def _logits(self, params, batch):
+        return self.module.apply({"params": params}, batch["input_ids"], deterministic=True,
+                                 **self._language_kwargs(batch["language_ids"]))
 
 
 _PROGRAMS: dict[tuple, Programs] = {}
@@ -327,11 +343,12 @@ class FineTune:
     def train_accuracy(self, params, examples: Examples, limit: int = 1000) -> float:
         """Accuracy on (the first `limit` of) the training examples: whether the model fit what it
         saw, told apart from whether that transfers."""
-        head = Examples(examples.ids[:limit], examples.labels[:limit])
-        return labeled_accuracy(self.predict(params, head.ids), head)
+        head = examples.head(limit)
+        return labeled_accuracy(self.predict(params, head.ids, head.language_ids), head)
 
-    def predict(self, params, ids: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 logits per example, in order: [labels] per sequence, or [len(ids[i]), labels] per token."""
+    def predict(self, params, ids: list[np.ndarray], language_ids: list[int] | None = None) -> list[np.ndarray]:
+        """float32 logits per example, in order: [labels] per sequence, or [len(ids[i]), labels] per token.
+        language_ids: each example's language id (None: 0)."""
         order = np.argsort([len(x) for x in ids], kind="stable")
         max_len = self.subject.model_config.max_len
         pending = []
@@ -339,9 +356,12 @@ class FineTune:
             chosen = order[start:start + self.rows]
             length = length_bucket(max(len(ids[i]) for i in chosen), max_len)
             batch = np.full((self.rows, length), self.pad_id, np.int32)
+            languages = np.zeros((self.rows, length), np.int32)
             for row, i in enumerate(chosen):
                 batch[row, :len(ids[i])] = ids[i]
-            pending.append((chosen, self.programs.predict(params, self._global({"ids": batch})["ids"])))
+                languages[row] = 0 if language_ids is None else language_ids[i]
+            inputs = self._global({"input_ids": batch, "language_ids": languages})
+            pending.append((chosen, self.programs.predict(params, inputs)))
         out = [None] * len(ids)
         for chosen, logits in pending:
             logits = np.asarray(logits)

@@ -24,12 +24,15 @@ ENGLISH = ("en", "eng")
 class ParallelSet:
     """Line-aligned sentences of one language pair: source[i] translates target[i].
 
-    target is the English (pivot) side; `language` names the pair in the results.
+    target is the English (pivot) side; `language` names the pair in the results;
+    source_language and target_language are each side's code as the data names it ("deu", "eng").
     """
     language: str
     source: list[str]
     target: list[str]
     files: tuple[str, ...]
+    source_language: str
+    target_language: str
 
 
 def _split_list(text: str) -> list[str]:
@@ -51,15 +54,15 @@ def read_tatoeba(directory: str, languages: list[str]) -> list[ParallelSet]:
         files = (path(lang, lang), path(lang, "eng"))
         source, target = (inputs.read_lines(f, f"Tatoeba file of language {lang!r}") for f in files)
         inputs.check_aligned(files[0], source, files[1], target)
-        sets.append(ParallelSet(lang, source, target, files))
+        sets.append(ParallelSet(lang, source, target, files, lang, "eng"))
     return sets
 
 
 def _oriented(names: tuple[str, str], first: list, second: list, files: tuple) -> ParallelSet:
     """A ParallelSet with the English side (en/eng, else the second) as target, named by the other."""
     if names[0] in ENGLISH and names[1] not in ENGLISH:
-        return ParallelSet(names[1], second, first, files)
-    return ParallelSet(names[0] if names[1] in ENGLISH else "-".join(names), first, second, files)
+        return ParallelSet(names[1], second, first, files, names[1], names[0])
+    return ParallelSet(names[0] if names[1] in ENGLISH else "-".join(names), first, second, files, *names)
 
 
 def read_line_pair(entry: str, names: tuple[str, str] | None) -> ParallelSet:

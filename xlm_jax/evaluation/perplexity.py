@@ -11,8 +11,8 @@ are skipped; the first `max_sentences` lines of each file are used.
 
 Pseudo-perplexities are per token, so they compare models of one tokenizer only. Each masked
 copy is one row of a fixed-shape batch (sentence length bucketed as in encoding.py); the LM head
-runs at the masked slot only (MaskedLM's `masked_positions`). Models with language embeddings
-are scored with language id 0.
+runs at the masked slot only (MaskedLM's `masked_positions`). Each file's text is tokenized and
+fed as its language of the run (evaluation/languages.py).
 """
 import functools
 import math
@@ -60,16 +60,16 @@ class PseudoLikelihood:
     def _score_fn(self):
         with_languages = bool(self.config.num_languages)
 
-        def score(params, ids, positions, targets):
-            kwargs = {"language_ids": jnp.zeros_like(ids)} if with_languages else {}
+        def score(params, ids, positions, targets, language_id):
+            kwargs = {"language_ids": jnp.full_like(ids, language_id)} if with_languages else {}
             logits = self.module.apply({"params": params}, ids, positions[:, None], **kwargs)[:, 0]   # [R, V]
             log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             picked = jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
             return picked, (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
 
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        return jax.jit(on_mesh(score, self.mesh, self.rules), in_shardings=(None,) + (self.rows_sharding,) * 3,
-                       out_shardings=replicated)
+        return jax.jit(on_mesh(score, self.mesh, self.rules),
+                       in_shardings=(None,) + (self.rows_sharding,) * 3 + (replicated,), out_shardings=replicated)
 
     def _rows_per_call(self, bucket: int, remaining: int) -> int:
         """A power of two times the batch shards, at most ROW_TOKENS // bucket: few shapes compile."""
@@ -82,8 +82,9 @@ class PseudoLikelihood:
     def _put(self, array: np.ndarray):
         return jax.make_array_from_callback(array.shape, self.rows_sharding, lambda index: array[index])
 
-    def __call__(self, params, rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per sentence: PLL, argmax hits and the number of scored tokens, as float64 [N] arrays."""
+    def __call__(self, params, rows: list[np.ndarray], language_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per sentence: PLL, argmax hits and the number of scored tokens, as float64 [N] arrays;
+        rows of language `language_id`."""
         sentence, position, target = masked_copies(rows, self.tokenizer.special_ids)
         lengths = np.array([len(rows[i]) for i in sentence], np.int64)
         order = np.argsort(lengths, kind="stable")
@@ -100,7 +101,8 @@ class PseudoLikelihood:
                 ids[j, :len(row)] = row
                 ids[j, position[copy]] = self.tokenizer.mask_id
             positions[:len(chosen)], targets[:len(chosen)] = position[chosen], target[chosen]
-            pending.append((chosen, self._score_fn(params, self._put(ids), self._put(positions), self._put(targets))))
+            pending.append((chosen, self._score_fn(params, self._put(ids), self._put(positions), self._put(targets),
+                                                   np.int32(language_id))))
             start += len(chosen)
         pll, hits = np.zeros(len(rows)), np.zeros(len(rows))
         for chosen, (picked, hit) in pending:
@@ -112,6 +114,7 @@ class PseudoLikelihood:
 @register
 class PseudoPerplexity(Evaluator):
     kind = "pseudo_perplexity"
+    language_option = "files"
 
     def __init__(self, name, options):
         super().__init__(name, options)
@@ -123,6 +126,9 @@ class PseudoPerplexity(Evaluator):
 
     def check(self) -> None:
         self.texts  # noqa: B018  (reads and validates every input)
+
+    def languages_used(self) -> list[str]:
+        return list(self.texts)
 
     @functools.cached_property
     def texts(self) -> dict[str, tuple[str, list[str]]]:
@@ -163,12 +169,18 @@ class PseudoPerplexity(Evaluator):
         per_language, details = {}, {}
         for language, (path, lines) in self.texts.items():
             context.log(f"{self.name}: {language}: scoring {len(lines)} sentences token by token")
-            rows = token_rows(subject.tokenizer, lines, self.options.max_len)
-            pll, hits, counts = scorer(subject.params, rows)
+            inputs = context.inputs(language)
+            rows = token_rows(inputs.tokenizer, lines, self.options.max_len)
+            pll, hits, counts = scorer(subject.params, rows, inputs.language_id)
             tokens = max(counts.sum(), 1.0)
+            scored = [inputs.tokenizer.decode(row) for row in rows]   # the text scored, after truncation
+            characters, words = max(sum(map(len, scored)), 1), max(sum(len(t.split()) for t in scored), 1)
             per_language[language] = {"pseudo_perplexity": math.exp(-pll.sum() / tokens),
                                       "mlm_accuracy": float(hits.sum() / tokens),
-                                      "pll_per_token": float(pll.sum() / tokens)}
+                                      "pll_per_token": float(pll.sum() / tokens),
+                                      # per character and tokens per word: comparable across vocabularies
+                                      "nats_per_char": float(-pll.sum() / characters),
+                                      "tokens_per_word": float(counts.sum() / words)}
             details[language] = {"sentences": len(lines), "tokens": int(counts.sum()), "pll": float(pll.sum())}
         summary = {f"mean_{metric}": float(np.mean([m[metric] for m in per_language.values()]))
                    for metric in ("pseudo_perplexity", "mlm_accuracy")}

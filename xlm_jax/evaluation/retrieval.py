@@ -282,14 +282,22 @@ class Retrieval(Evaluator):
                       data_files=[f for s in self._sets for f in s.files],
                       artifacts=self._plot_layers(context, per_layer))
 
+    def languages_used(self) -> list[str]:
+        return list(dict.fromkeys(code for s in self._sets for code in (s.source_language, s.target_language)))
+
     def _encode(self, context: EvalContext, text_lists: list[list[str]], layers) -> list[np.ndarray]:
-        """Vectors [layers, n, hidden] of each list, from one encode call over the distinct texts."""
-        unique = list(dict.fromkeys(text for texts in text_lists for text in texts))
-        context.log(f"{self.name}: encoding {len(unique)} sentences of {len(self._sets)} language pair(s), "
+        """Vectors [layers, n, hidden] of each list, from one encode call over the distinct texts: the
+        lists alternate source and target sides of the sets, in order, each side in its language."""
+        per_set = len(text_lists) // len(self._sets)
+        languages = [(s.source_language, s.target_language)[k % 2] for s in self._sets for k in range(per_set)]
+        distinct = list(dict.fromkeys((text, language) for texts, language in zip(text_lists, languages)
+                                      for text in texts))
+        context.log(f"{self.name}: encoding {len(distinct)} sentences of {len(self._sets)} language pair(s), "
                     f"layer(s) {', '.join(map(str, layers))}")
-        vectors = context.encode(unique, layers=layers, pooling=self.options.pooling)
-        row = {text: i for i, text in enumerate(unique)}
-        return [vectors[:, [row[text] for text in texts]] for texts in text_lists]
+        vectors = context.encode([text for text, _ in distinct], layers=layers, pooling=self.options.pooling,
+                                 language=[language for _, language in distinct])
+        row = {key: i for i, key in enumerate(distinct)}
+        return [vectors[:, [row[text, language] for text in texts]] for texts, language in zip(text_lists, languages)]
 
     def _retrieve(self, context, layers):
         limit = self.options.max_pairs or None

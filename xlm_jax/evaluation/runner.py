@@ -23,6 +23,7 @@ from xlm_jax.evaluation import report
 from xlm_jax.evaluation.encoding import SentenceEncoder, make_context
 from xlm_jax.evaluation.evaluator import Evaluator, Subject
 from xlm_jax.evaluation.inputs import sha256
+from xlm_jax.evaluation.languages import check_evaluation_languages
 from xlm_jax.evaluation.subjects import random_init_subject
 from xlm_jax.jsonfiles import read_json_object
 
@@ -57,12 +58,19 @@ class EvaluationRunner:
         return [e for e in self.evaluators
                 if e.options.every_steps and (step % e.options.every_steps == 0 or last)]
 
+    def check_languages(self, model_config, tokenizer, languages, evaluators=None) -> None:
+        """ConfigError, before anything runs, for an evaluator language the model cannot encode
+        (a per-language model and a language its run did not have; evaluation/languages.py)."""
+        check_evaluation_languages(self.evaluators if evaluators is None else evaluators, model_config,
+                                   tokenizer, languages)
+
     # --- the work -------------------------------------------------------------------------
     def run(self, subject: Subject, evaluators: list[Evaluator] | None = None) -> dict[str, dict]:
         """Each evaluator on `subject` (and its baseline); returns name -> record (results.json)."""
         evaluators = self.evaluators if evaluators is None else evaluators
         if not evaluators:
             return {}
+        self.check_languages(subject.model_config, subject.tokenizer, subject.languages, evaluators)
         stage = self._stage_directory(subject.step)
         try:
             records = {e.name: self._evaluate(e, subject, stage) for e in evaluators}

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from xlm_jax.data.tokenizers import load_tokenizer, tokenizer_from_hf_directory
 from xlm_jax.evaluation.evaluator import Subject
+from xlm_jax.evaluation.languages import read_run_languages
 from xlm_jax.interop.hf import import_hf
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import on_mesh
@@ -50,9 +51,11 @@ def random_init_subject(subject: Subject) -> Subject:
 
 
 def checkpoint_subject(config, workdir: str, mesh, rules, step: int | None = None, log=print) -> Subject:
-    """Checkpoint `step` (default: the newest readable) of a run directory, with its tokenizer."""
+    """Checkpoint `step` (default: the newest readable) of a run directory, with its tokenizer and
+    languages (<workdir>/languages.json; none for a run from before it was written)."""
     params, step = restore_params(config, workdir, mesh, rules, step, log=log)
-    return Subject(config.model, params, load_tokenizer(workdir), mesh, rules, step=step, seed=config.train.seed)
+    return Subject(config.model, params, load_tokenizer(workdir), mesh, rules, step=step, seed=config.train.seed,
+                   languages=read_run_languages(workdir))
 
 
 def imported_subject(directory: str, mesh, rules, seed: int = 0, log=print) -> Subject:

@@ -35,7 +35,8 @@ sentence, and UD `.conllu` (FORM and UPOS columns; comments, multiword ranges `1
 and empty nodes `8.1` skipped, so the syntactic words are tagged as in XTREME).
 Test files: `test` is a comma list of `lang:path`, or a directory whose files matching
 `test_glob` are the test sets, the language being the file name up to its first
-`_`, `-` or `.` (`de_pud-ud-test.tsv` -> de); `languages` keeps some of them.
+`_`, `-` or `.` (`de_pud-ud-test.tsv` -> de); `languages` keeps some of them. Each
+language's words are tokenized and fed as that language of the run (evaluation/languages.py).
 """
 import collections
 import dataclasses
@@ -46,6 +47,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from xlm_jax.data.language_ranges import LanguageRangeTokenizer
 from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import finetune
@@ -132,7 +134,8 @@ def word_pieces(tokenizer, words: list[str]) -> list[np.ndarray]:
 def word_separator(tokenizer) -> np.ndarray:
     """Ids between two words: a space for the byte tokenizer (which does not mark word starts
     itself), nothing for SentencePiece ('▁') and WordPiece ('##' marks the non-first pieces)."""
-    if isinstance(tokenizer, ByteTokenizer):
+    base = tokenizer.base if isinstance(tokenizer, LanguageRangeTokenizer) else tokenizer
+    if isinstance(base, ByteTokenizer):
         return tokenizer.encode([" "])[0].astype(np.int32)
     return np.zeros(0, np.int32)
 
@@ -183,10 +186,13 @@ def token_labels(chunk: Chunk, label_ids: np.ndarray) -> np.ndarray:
     return labels
 
 
-def predicted_tags(tuner, params, sentences: list[Sentence], labels: list[str], max_len: int) -> list[list[str]]:
-    """The tag of every word: the argmax at its first piece, in whichever chunk holds it."""
-    chunked = sentence_chunks(tuner.subject.tokenizer, sentences, max_len)
-    logits = iter(tuner.predict(params, [c.ids for chunks in chunked for c in chunks]))
+def predicted_tags(tuner, params, sentences: list[Sentence], labels: list[str], max_len: int,
+                   tokenizer=None, language_id: int = 0) -> list[list[str]]:
+    """The tag of every word: the argmax at its first piece, in whichever chunk holds it; the words
+    tokenized by `tokenizer` (default: the subject's) and read as language `language_id`."""
+    chunked = sentence_chunks(tokenizer or tuner.subject.tokenizer, sentences, max_len)
+    ids = [c.ids for chunks in chunked for c in chunks]
+    logits = iter(tuner.predict(params, ids, [language_id] * len(ids)))
     predicted = []
     for chunks in chunked:
         tags = []
@@ -319,6 +325,9 @@ class TokenClassification(Evaluator):
             tests[language] = (path, sentences)
         self._data = {"train": train, "labels": labels, "tests": tests}
 
+    def languages_used(self) -> list[str]:
+        return list(dict.fromkeys([self.options.source_language, *self._data["tests"]]))
+
     # --- the work -------------------------------------------------------------------------
     def evaluate(self, context: EvalContext) -> Result:
         if self._data is None:
@@ -326,7 +335,8 @@ class TokenClassification(Evaluator):
         train, labels, tests = self._data["train"], self._data["labels"], self._data["tests"]
         subject = context.subject
         max_len = min(self.options.seq_len, subject.model_config.max_len)
-        examples = self.examples(subject.tokenizer, train, labels, max_len)
+        source = context.inputs(self.options.source_language)
+        examples = self.examples(source.tokenizer, train, labels, max_len, source.language_id)
         tuner = finetune.FineTune(context, TokenClassifier(subject.model_config, len(labels)),
                                   finetune.budget(self.options, len(examples.ids)), self.name)
         context.log(f"{self.name}: fine-tuning on {len(train)} sentences of {self.options.train} "
@@ -335,7 +345,8 @@ class TokenClassification(Evaluator):
         majority = majority_tag(train)
         per_language, baseline = {}, {}
         for language, (path, sentences) in tests.items():
-            predicted = predicted_tags(tuner, params, sentences, labels, max_len)
+            target = context.inputs(language)
+            predicted = predicted_tags(tuner, params, sentences, labels, max_len, target.tokenizer, target.language_id)
             gold = [s.tags for s in sentences]
             per_language[language] = self.score(gold, predicted)
             baseline[language] = self.score(gold, [[majority] * len(s.words) for s in sentences])
@@ -352,15 +363,17 @@ class TokenClassification(Evaluator):
                      "train_curve": tuner.history, "train_accuracy": tuner.train_accuracy(params, examples)})
 
     @staticmethod
-    def examples(tokenizer, sentences: list[Sentence], labels: list[str], max_len: int) -> finetune.Examples:
-        """One example per chunk of every sentence, labeled at each word's first piece."""
+    def examples(tokenizer, sentences: list[Sentence], labels: list[str], max_len: int,
+                 language_id: int = 0) -> finetune.Examples:
+        """One example per chunk of every sentence, labeled at each word's first piece; all of
+        language `language_id`."""
         index = {tag: i for i, tag in enumerate(labels)}
         ids, token_label_ids = [], []
         for chunks, s in zip(sentence_chunks(tokenizer, sentences, max_len), sentences):
             label_ids = np.array([index[t] for t in s.tags], np.int32)
             ids.extend(c.ids for c in chunks)
             token_label_ids.extend(token_labels(c, label_ids) for c in chunks)
-        return finetune.Examples(ids=ids, labels=token_label_ids)
+        return finetune.Examples(ids=ids, labels=token_label_ids, language_ids=[language_id] * len(ids))
 
 
 @register

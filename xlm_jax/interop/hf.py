@@ -302,6 +302,10 @@ def import_hf(directory: str) -> Imported:
 
 def hf_config(m) -> dict:
     """config.json for transformers, from the xlm_jax `model` config section."""
+    if m.language_specific_layers:
+        raise ConfigError(f"config field `model.language_specific_layers`: got {m.language_specific_layers}, "
+                          "but transformers' XLM-R / BERT have one copy of every layer, not one per "
+                          "language; only a model with language_specific_layers=0 can be exported")
     if m.num_languages:
         raise ConfigError("config field `model.num_languages`: XLM-style language embeddings have no "
                           "transformers XLM-R / BERT equivalent; export needs num_languages=0")

@@ -2,7 +2,10 @@
 
 Embeddings (word + position + token type [+ XLM language]) -> LayerNorm -> dropout,
 then post-LN transformer blocks run under `nn.scan`, so compile time does not grow
-with depth and every per-layer weight carries a leading `layers` axis.
+with depth and every per-layer weight carries a leading `layers` axis. With
+model.language_specific_layers = k, the bottom k blocks have one copy per language
+(`language_layers`, weights [k, languages, ...]) and the top num_layers - k are shared
+(`layers`); k = 0 is XLM-R, whose params and outputs are exactly those of transformers.
 Every parameter names its logical axes (see xlm_jax/parallel/rules.py).
 """
 import functools
@@ -266,6 +269,56 @@ class ScannedLayer(nn.Module):
         return x, (x if keep_hidden else None)
 
 
+def select_language(per_language: jax.Array, language_ids: jax.Array) -> jax.Array:
+    """[languages, B, S, H] states -> [B, S, H]: each token's state from its own language's copy.
+
+    A masked sum rather than a gather: elementwise, so exact in any matmul precision, and
+    it keeps the batch sharding of both inputs.
+    """
+    languages = jnp.arange(per_language.shape[0])[:, None, None, None]
+    mine = language_ids[None, :, :, None] == languages
+    return jnp.sum(jnp.where(mine, per_language, 0), axis=0).astype(per_language.dtype)
+
+
+class LanguageLayer(nn.Module):
+    """An EncoderLayer with a copy of its weights per language (params [languages, ...]), in
+    ScannedLayer's form.
+
+    Every copy runs on every token and each token keeps its own language's output, so the
+    layer costs num_languages shared ones in compute (and activations). Attention still
+    mixes languages (a TLM pair): each token's state is computed by its language's weights
+    from all the states of the layer below. The language axis is never sharded.
+    """
+    config: Any
+
+    @nn.compact
+    def __call__(self, x, attention_mask, language_ids, deterministic, keep_hidden):
+        c = self.config
+        copies = nn.vmap(EncoderLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                         in_axes=(None, None, None), axis_size=c.num_languages,
+                         metadata_params={nn.PARTITION_NAME: "languages"})
+        per_language = copies(c, name="layer")(x, attention_mask, deterministic)
+        x = nn.with_logical_constraint(select_language(per_language, language_ids), ("batch", "length", "embed"))
+        return x, (x if keep_hidden else None)
+
+
+def layer_stack(block, config, length: int, num_inputs: int):
+    """`length` blocks under nn.scan (weights get a leading `layers` axis) and model.remat.
+
+    A block is called as (x, *inputs, deterministic, keep_hidden): x is the carry; the
+    `num_inputs` arrays and the two flags are the same for every layer.
+    """
+    if config.remat != "none":
+        # static_argnums count `self` as 0, then x, the inputs, deterministic, keep_hidden.
+        block = nn.remat(block, policy=REMAT_POLICIES[config.remat], prevent_cse=False,
+                         static_argnums=(num_inputs + 2, num_inputs + 3))
+    return nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * (num_inputs + 2), length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(config)
+
+
 class Encoder(nn.Module):
     """Token ids -> contextual hidden states [batch, length, hidden]."""
     config: Any
@@ -273,23 +326,18 @@ class Encoder(nn.Module):
     def setup(self):
         c = self.config
         self.embeddings = Embeddings(c)
-        block = ScannedLayer
-        if c.remat != "none":
-            # static_argnums count `self` as 0: (x=1, mask=2, deterministic=3, keep_hidden=4).
-            block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=False,
-                             static_argnums=(3, 4))
-        self.layers = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c)
+        if c.language_specific_layers:
+            self.language_layers = layer_stack(LanguageLayer, c, c.language_specific_layers, num_inputs=2)
+        if c.num_layers > c.language_specific_layers:
+            self.layers = layer_stack(ScannedLayer, c, c.num_layers - c.language_specific_layers, num_inputs=1)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  language_ids=None, deterministic=True, output_hidden_states=False):
         """Returns (last hidden state, all hidden states [layers + 1, ...] or None).
 
         `attention_mask` (1 = token, 0 = padding) defaults to `input_ids != pad_token_id`.
-        Hidden state 0 is the embedding output, as in transformers.
+        Hidden state 0 is the embedding output, as in transformers; then the language-specific
+        layers', then the shared ones'.
         """
         c = self.config
         if attention_mask is None:
@@ -297,7 +345,13 @@ class Encoder(nn.Module):
         attention_mask = jnp.asarray(attention_mask, bool)
         x = self.embeddings(input_ids, token_type_ids, position_ids, language_ids, deterministic)
         x = x.astype(jnp.dtype(c.dtype))
-        last, per_layer = self.layers(x, attention_mask, deterministic, output_hidden_states)
+        hidden = [x[None]]
+        if c.language_specific_layers:
+            x, per_layer = self.language_layers(x, attention_mask, language_ids, deterministic, output_hidden_states)
+            hidden.append(per_layer)
+        if c.num_layers > c.language_specific_layers:
+            x, per_layer = self.layers(x, attention_mask, deterministic, output_hidden_states)
+            hidden.append(per_layer)
         if not output_hidden_states:
-            return last, None
-        return last, jnp.concatenate([x[None], per_layer], axis=0)
+            return x, None
+        return x, jnp.concatenate(hidden, axis=0)

@@ -140,6 +140,19 @@ class MaskedLM(nn.Module):
         return self.pooler(hidden)
 
 
+def bottom_layers_params(model_config, encoder_params: dict, depth: int) -> dict:
+    """The encoder's params up to layer `depth`: the embeddings, the first min(depth, k) of the
+    model.language_specific_layers = k per-language layers and the first depth - k shared ones
+    (a stack left with no layer is left out, as the shorter model has none)."""
+    k = model_config.language_specific_layers
+    stacks = {"language_layers": min(depth, k), "layers": max(depth - k, 0)}
+    kept = {name: value for name, value in encoder_params.items() if name not in stacks}
+    for name, layers in stacks.items():
+        if layers:
+            kept[name] = jax.tree.map(lambda x, layers=layers: x[:layers], encoder_params[name])
+    return kept
+
+
 def truncated(model_config, params, depth: int):
     """(MaskedLM of the bottom `depth` layers, its params): a forward pass that stops at layer
     `depth` costs depth / num_layers of the full one, and its gradient reaches only those layers."""
@@ -147,5 +160,5 @@ def truncated(model_config, params, depth: int):
         return MaskedLM(model_config), params
     config = copy.deepcopy(model_config)
     config.num_layers = depth
-    encoder = dict(params["encoder"], layers=jax.tree.map(lambda x: x[:depth], params["encoder"]["layers"]))
-    return MaskedLM(config), {**params, "encoder": encoder}
+    config.language_specific_layers = min(depth, model_config.language_specific_layers)
+    return MaskedLM(config), {**params, "encoder": bottom_layers_params(model_config, params["encoder"], depth)}

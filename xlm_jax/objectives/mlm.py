@@ -3,7 +3,9 @@
 Both predict the masked tokens of one sequence with the LM head, run only at the gathered
 prediction slots; TLM's sequence is a pair `<s> src </s></s> tgt </s>` masked over both
 sides, so a masked word can be read off its translation (data/streams.py builds it, with
-XLM's reset or InfoXLM's continuous positions and per-side language ids).
+XLM's reset or InfoXLM's continuous positions and per-side language ids). A TLM batch with
+`pair_weight` (synthetic pairs, xlm_jax/data/synthetic.py) weights each row's slots by it, in
+the loss sum and the normalizer alike.
 """
 import jax
 import jax.numpy as jnp
@@ -63,3 +65,23 @@ class TranslationLanguageModel(MaskedLanguageModel):
 
     def stream(self):
         return StreamSpec(self.batch_name, self.stream_kind, self.batch_size, positions=self.options.positions)
+
+    def normalizer(self, batch):
+        if "pair_weight" not in batch:
+            return super().normalizer(batch)
+        total = jnp.sum(slot_weights(batch))
+        return jnp.where(total > 0, total, 1.0)   # as MLM's max(count, 1): slot weights may sum below 1
+
+    def loss_terms(self, ctx: StepContext, batch, extra):
+        if "pair_weight" not in batch:
+            return super().loss_terms(ctx, batch, extra)
+        hidden, _ = ctx.encode_batch(self.batch_name, batch)
+        logits = ctx.mlm_logits(gather_positions(hidden, batch["masked_positions"]))
+        terms = mlm_loss_terms(logits, batch["masked_ids"], slot_weights(batch))
+        terms["count"] = jnp.sum(batch["masked_weights"])   # masked_tokens: a count, whatever the weights
+        return terms, None
+
+
+def slot_weights(batch) -> jax.Array:
+    """[B, P]: each prediction slot's weight, masked_weights times its row's pair_weight."""
+    return batch["masked_weights"] * batch["pair_weight"][:, None]

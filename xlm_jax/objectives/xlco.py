@@ -11,6 +11,9 @@ source's than any of a queue of other sentences' (MoCo's InfoNCE with a momentum
   first; InfoXLM does not L2-normalize (`xlco.normalize` does). `xlco.batch_negatives` adds the
   keys of the batch's other pairs as negatives (the microbatch's, under accumulation): unlike
   the queue's, written by older key encoders, they cannot be told apart by their age.
+- Synthetic pairs (a batch with `pair_weight`, xlm_jax/data/synthetic.py): both queries of a
+  pair count with its weight, in the loss sum and the normalizer alike; their keys join the
+  queue as any other.
 - The queue: a FIFO of `xlco.queue_size` keys (InfoXLM: 131,072) of the whole global batch,
   all devices and hosts, sharded over the batch's mesh axes and checkpointed with its
   position, so a resumed run contrasts against exactly the keys it would have. It starts
@@ -21,16 +24,19 @@ import jax
 import jax.numpy as jnp
 
 from xlm_jax.models.encoder import param_with_axes
+from xlm_jax.models.masked_lm import bottom_layers_params
 from xlm_jax.objectives.base import Objective, StepContext
 from xlm_jax.train import metrics as metrics_lib
 
 
-def infonce_terms(queries, positives, queue, queue_valid, temperature: float, batch_keys=None) -> dict:
+def infonce_terms(queries, positives, queue, queue_valid, temperature: float, batch_keys=None,
+                  weights=None) -> dict:
     """Sums over queries [N, H] of InfoNCE against their positive keys [N, H] and a queue [Q, H]
     of which the first `queue_valid` slots (a traced count) are real: loss_sum, correct (the
     positive scored above every real negative), count. With `batch_keys` (the N keys of the
     queries' own sentences, in query order, a pair's two sides N / 2 apart), the keys of the
-    other pairs in the batch are negatives too."""
+    other pairs in the batch are negatives too. With `weights` [N], each query's terms count
+    with its weight."""
     positive = jnp.sum(queries * positives, axis=-1) / temperature                       # [N]
     negatives = queries @ queue.T / temperature                                          # [N, Q]
     real = jnp.arange(queue.shape[0]) < queue_valid
@@ -44,8 +50,11 @@ def infonce_terms(queries, positives, queue, queue_valid, temperature: float, ba
     logits = jnp.concatenate([positive[:, None], negatives], axis=1)
     per_query = jax.nn.logsumexp(logits, axis=1) - positive
     correct = (positive > jnp.max(negatives, axis=1)).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(per_query), "correct": jnp.sum(correct),
-            "count": jnp.asarray(queries.shape[0], jnp.float32)}
+    if weights is None:
+        return {"loss_sum": jnp.sum(per_query), "correct": jnp.sum(correct),
+                "count": jnp.asarray(queries.shape[0], jnp.float32)}
+    return {"loss_sum": jnp.sum(per_query * weights), "correct": jnp.sum(correct * weights),
+            "count": jnp.sum(weights)}
 
 
 def enqueue(queue, position, valid, keys):
@@ -86,6 +95,8 @@ class CrossLingualContrast(Objective):
         return self.options.layer or max(1, round(2 * layers / 3))
 
     def normalizer(self, batch):
+        if "pair_weight" in batch:    # both queries of a pair carry its weight
+            return 2 * jnp.sum(batch["pair_weight"])
         return jnp.asarray(2 * batch["src_ids"].shape[0], jnp.float32)
 
     # -- state ----------------------------------------------------------------------------------
@@ -101,8 +112,7 @@ class CrossLingualContrast(Objective):
 
     def _key_side(self, params):
         """What the key encoder copies of `params`: embeddings, the bottom layers, the projection."""
-        encoder = params["encoder"]
-        copied = {"encoder": dict(encoder, layers=jax.tree.map(lambda x: x[:self.depth], encoder["layers"]))}
+        copied = {"encoder": bottom_layers_params(self.config.model, params["encoder"], self.depth)}
         if self.options.projection:
             copied["projection"] = params["objectives"][self.name]
         return copied
@@ -136,8 +146,9 @@ class CrossLingualContrast(Objective):
                                    deterministic=True)
         keys = jax.lax.stop_gradient(self._vectors(key_states, key_params.get("projection")))
         positives = jnp.concatenate([keys[rows:], keys[:rows]])                # x_i's is y_i's key, and back
+        weights = jnp.concatenate([batch["pair_weight"]] * 2) if "pair_weight" in batch else None
         terms = infonce_terms(queries, positives, extra["queue"], extra["valid"], self.options.temperature,
-                              keys if self.options.batch_negatives else None)
+                              keys if self.options.batch_negatives else None, weights)
         return terms, {"keys": jnp.stack([keys[:rows], keys[rows:]], axis=1)}   # [B, 2, H], row order
 
     def update_extra(self, extra, params, outputs, step):

@@ -20,6 +20,7 @@ from xlm_jax.data.streams import batch_spec
 from xlm_jax.objectives.registry import streams
 from xlm_jax.parallel.mesh import batch_shards
 from xlm_jax.plan.targets import GiB
+from xlm_jax.train.metrics import layer_copies
 
 # Activations kept per token per layer for the backward pass, in hidden-size (H) and MLP-size
 # (F) units, and attention rows (one per head, S wide); see models/encoder.py.
@@ -57,8 +58,9 @@ def memory_lower_bound(config, objectives, abstract_state, shardings, mesh, rule
     tensor = mesh.shape.get("tensor", 1)
     width = {"float32": 4, "bfloat16": 2}[m.dtype]
     hidden_units, mlp_units, attention_rows = _SAVED_PER_LAYER[m.remat]
+    # Every language's copy of a language-specific layer runs on every token and keeps its own.
     per_token = (hidden_units * m.hidden_size + mlp_units * m.mlp_dim
-                 + attention_rows * m.num_heads * d.seq_len) * width * m.num_layers
+                 + attention_rows * m.num_heads * d.seq_len) * width * layer_copies(m)
     activations = 0
     # Per batch the pipeline feeds, as its fields declare it (objectives that share a batch share
     # its forward pass): every batch is live in the same microbatch.

@@ -14,6 +14,7 @@ from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import TOKENIZER_FILES, tokenizer_exists
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation.evaluator import Subject
+from xlm_jax.evaluation.languages import record_run_languages
 from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.interop.hf import adopt_hf_model, import_hf
@@ -117,6 +118,10 @@ class Run:
             log(f"model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, vocab "
                 f"{config.model.vocab_size} from {source}")
         self.data = prepare_data(config, workdir, log, processes=processes, text=text, pairs=pairs)
+        if not read_only:   # language id i is data.languages[i]: evaluations read it back
+            record_run_languages(workdir, self.data.languages, log)
+        if self.evaluation:
+            self.evaluation.check_languages(config.model, self.data.tokenizer, self.data.languages)
         self.objectives = build_objectives(config, self.data.languages)   # now with the corpus's languages
         log("objectives: " + ", ".join(f"{o.name} x{o.weight:g} (batch {o.batch_size}"
                                        + (f", {o.batch_name}'s" if o.batch_name != o.name else "") + ")"
@@ -190,4 +195,4 @@ class Run:
     def subject(self, state) -> Subject:
         """The model at `state`, for the evaluators: params where training keeps them."""
         return Subject(self.config.model, model_params(state.params), self.data.tokenizer, self.mesh, self.rules,
-                       step=int(state.step), seed=self.config.train.seed)
+                       step=int(state.step), seed=self.config.train.seed, languages=tuple(self.data.languages))
