@@ -41,13 +41,16 @@ def run_study(study_config, workdir: str) -> dict:
                "notes": study.notes, "headline": [list(h) for h in study.headline], "arms": {}}
     for arm in study.arms:
         config, arm_dir = configs[arm.name], os.path.join(workdir, arm.name)
-        _train(arm.name, config, arm_dir)
+        if arm.train:
+            _train(arm.name, config, arm_dir)
         if arm.name in exported:
-            _export(arm_dir)
+            _export(arm_dir, config if not arm.train else None)
         results["arms"][arm.name] = {
             "description": arm.description, "start_from": arm.start_from, "overrides": arm.overrides,
-            "command": commands[arm.name], "steps": config.train.num_steps,
-            "train_loss": training_curve(arm_dir), "evals": _evaluate(arm.name, config, arm_dir)}
+            "command": commands[arm.name] if arm.train else "(not trained: evaluated as it starts)",
+            "steps": config.train.num_steps if arm.train else 0,
+            "train_loss": training_curve(arm_dir),
+            "evals": _evaluate(arm.name, config, arm_dir, config.train.num_steps if arm.train else 0)}
     results["findings"] = [list(f) for f in study.findings(results)] if study.findings else []
     report.write(study, results, workdir)
     log(f"study {study.name}: {os.path.join(workdir, 'report.md')}")
@@ -79,18 +82,19 @@ def _train(name: str, config, arm_dir: str) -> None:
     train_and_evaluate(config, arm_dir)
 
 
-def _export(arm_dir: str) -> None:
-    """<arm>/export: the arm's final weights for the arms that start from it (written once)."""
+def _export(arm_dir: str, untrained_config=None) -> None:
+    """<arm>/export: the arm's final weights for the arms that start from it (written once); an
+    untrained arm hands on the model it starts from."""
     target = os.path.join(arm_dir, EXPORT_DIR)
     if not os.path.exists(os.path.join(target, "config.json")):
         from xlm_jax.api import load
-        load(arm_dir).export_hf(target)
+        load(untrained_config.init_from if untrained_config else arm_dir).export_hf(target)
 
 
-def _evaluate(name: str, config, arm_dir: str) -> dict:
-    """The study's evaluators on the arm's last checkpoint: read back when all are on disk."""
+def _evaluate(name: str, config, arm_dir: str, step: int) -> dict:
+    """The study's evaluators on the arm's checkpoint `step` (0: the model it starts from), read
+    back when all are on disk."""
     from xlm_jax.train.evaluate import evaluate_checkpoint
-    step = config.train.num_steps
     path = os.path.join(arm_dir, "eval", str(step), "results.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -98,7 +102,7 @@ def _evaluate(name: str, config, arm_dir: str) -> dict:
         if set(config.evals) <= set(done):
             log(f"{name}: evaluated already ({path})")
             return {evaluator: done[evaluator] for evaluator in config.evals}
-    return evaluate_checkpoint(config, arm_dir, step, list(config.evals))
+    return evaluate_checkpoint(config, arm_dir, step or None, list(config.evals))
 
 
 def training_curve(arm_dir: str) -> list[list[float]]:

@@ -37,6 +37,8 @@ class Arm:
     description: str
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     start_from: str = ""          # "" (from scratch), another arm's name, or "hf:DIR"
+    train: bool = True            # False: evaluate the model it starts from as it is (a "before" row)
+    base: str = ""                # a recipe in configs/ other than the study's base
 
 
 @dataclasses.dataclass
@@ -155,8 +157,8 @@ def arm_config(study: Study, arm: Arm, study_dir: str, file: str) -> ml_collecti
     """The arm's run config: the base recipe, the study's and the arm's overrides, the study's
     evaluators (only those run, each once, at the last step), validated; errors name the arm."""
     where = f"study `{study.name}` ({study.preset}), arm `{arm.name}`"
-    recipe = os.path.join(_configs_dir(file), f"{study.base}.py")
-    config = config_lib.sibling_config(recipe, study.base)
+    base = arm.base or study.base
+    config = config_lib.sibling_config(os.path.join(_configs_dir(file), f"{base}.py"), base)
     config.evals = ml_collections.ConfigDict()
     from xlm_jax.evaluation.evaluator import evaluator_options
     from xlm_jax.evaluation import registry  # noqa: F401  (registers every kind)
@@ -188,6 +190,12 @@ def arm_configs(study: Study, file: str, study_dir: str) -> dict[str, ml_collect
         if arm.start_from and not arm.start_from.startswith("hf:") and arm.start_from not in names:
             raise ConfigError(f"study `{study.name}`, arm `{arm.name}`: start_from={arm.start_from!r} names no "
                               f"earlier arm; arms before it: {', '.join(sorted(names)) or '(none)'}")
+        if arm.start_from == "hf:":
+            raise ConfigError(f"study `{study.name}` ({study.preset}), arm `{arm.name}` starts from a model you give: "
+                              "--config.study.start_model=hf:DIR (a transformers XLM-R or BERT directory)")
+        if not arm.train and not arm.start_from:
+            raise ConfigError(f"study `{study.name}`, arm `{arm.name}`: train=False evaluates the model the arm "
+                              "starts from; give start_from (an earlier arm or hf:DIR)")
         configs[arm.name] = arm_config(study, arm, study_dir, file)
         names.add(arm.name)
     return configs
