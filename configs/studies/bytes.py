@@ -94,7 +94,8 @@ def figures(results: dict, directory: str) -> list[str]:
         for arm, entry in results["arms"].items():
             details = entry["evals"][f"dt_{tgt}"]["details"]
             series[arm] = (details["sizes"], details["finetuned_losses"])
-            series.setdefault(f"scratch ({arm})", (details["sizes"], details["scratch_losses"]))
+            kind = "bytes" if arm.startswith("bytes_") else "SentencePiece"   # one scratch curve per tokenizer
+            series.setdefault(f"from scratch ({kind})", (details["sizes"], details["scratch_losses"]))
         file = f"data_transfer_{tgt}.png"
         plots.line_chart(os.path.join(directory, file), f"held-out MLM loss on {name} after fine-tuning",
                          series, xlabel="target bytes", ylabel="loss", log_x=True)
