@@ -12,12 +12,14 @@ from xlm_jax.evaluation import plots
 LOSS_PLOT = "training_loss.png"
 
 
-def per_language(record: dict, metric: str, random_init: bool = False) -> dict[str, float]:
-    """language -> value of `metric` in an evaluator's record (or in its random-init baseline)."""
+def per_language(record: dict, metric: str, random_init: bool = False, targets_only: bool = False) -> dict[str, float]:
+    """language -> value of `metric` in an evaluator's record (or in its random-init baseline);
+    `targets_only` leaves out a fine-tuning task's source language (what transfer is measured on)."""
+    source = record.get("source_language", "") if targets_only else ""
     if random_init:
         record = record.get("random_init") or {}
     return {language: float(values[metric]) for language, values in record.get("per_language", {}).items()
-            if metric in values}
+            if metric in values and language != source}
 
 
 def mean_of(values: dict[str, float]) -> float:
@@ -26,7 +28,7 @@ def mean_of(values: dict[str, float]) -> float:
 
 def headline_means(results: dict, evaluator: str, metric: str, random_init: bool = False) -> dict[str, float]:
     """arm -> mean over languages of the headline metric."""
-    return {arm: mean_of(per_language(entry["evals"][evaluator], metric, random_init))
+    return {arm: mean_of(per_language(entry["evals"][evaluator], metric, random_init, targets_only=True))
             for arm, entry in results["arms"].items() if evaluator in entry["evals"]}
 
 
@@ -51,8 +53,8 @@ def markdown(results: dict, figures: list[str]) -> str:
     if results["notes"]:
         lines += [results["notes"], ""]
     headline = results["headline"]
-    lines += ["## Arms", "", "Each cell: the arm's mean over languages, its random-init baseline (same "
-              "architecture and tokenizer, untrained) in parentheses.", "",
+    lines += ["## Arms", "", "Each cell: the arm's mean over languages (for fine-tuning tasks, over the target "
+              "languages), its random-init baseline (same architecture and tokenizer, untrained) in parentheses.", "",
               "| arm | what it is | starts from | steps | final train loss | "
               + " | ".join(f"{e} {m} ({d})" for e, m, d in headline) + " |",
               "|---|---|---|---:|---:|" + "---:|" * len(headline)]
@@ -60,7 +62,8 @@ def markdown(results: dict, figures: list[str]) -> str:
         cells = []
         for evaluator, metric, _ in headline:
             record = entry["evals"].get(evaluator, {})
-            model, baseline = mean_of(per_language(record, metric)), mean_of(per_language(record, metric, True))
+            model = mean_of(per_language(record, metric, targets_only=True))
+            baseline = mean_of(per_language(record, metric, True, targets_only=True))
             cells.append(_cell(model) + ("" if math.isnan(baseline) else f" ({_cell(baseline)})"))
         lines.append(f"| {arm} | {entry['description']} | {entry['start_from'] or 'scratch'} | {entry['steps']} | "
                      f"{_cell(final_loss(entry['train_loss']))} | " + " | ".join(cells) + " |")
