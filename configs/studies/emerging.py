@@ -155,7 +155,7 @@ def findings(results: dict) -> list[tuple[str, str, str]]:
 
 
 def figures(results: dict, directory: str) -> list[str]:
-    """Mean CKA of Tatoeba translation pairs per layer, one line per arm (and per random init)."""
+    """Mean CKA of Tatoeba translation pairs per layer, one line per arm."""
     from xlm_jax.evaluation import plots
     series = {}
     for arm, entry in results["arms"].items():
