@@ -26,10 +26,21 @@ def mean_of(values: dict[str, float]) -> float:
     return float(np.mean(list(values.values()))) if values else math.nan
 
 
-def headline_means(results: dict, evaluator: str, metric: str, random_init: bool = False) -> dict[str, float]:
-    """arm -> mean over languages of the headline metric."""
-    return {arm: mean_of(per_language(entry["evals"][evaluator], metric, random_init, targets_only=True))
-            for arm, entry in results["arms"].items() if evaluator in entry["evals"]}
+def headline_values(record: dict, headline: list, random_init: bool = False) -> dict[str, float]:
+    """The languages a headline column averages: fine-tuning tasks' targets, or the one it names."""
+    values = per_language(record, headline[1], random_init, targets_only=True)
+    return {headline[3]: values[headline[3]]} if len(headline) > 3 and headline[3] in values else \
+        ({} if len(headline) > 3 else values)
+
+
+def _label(headline: list) -> str:
+    evaluator, metric, direction = headline[:3]
+    return f"{evaluator} {metric}{f' [{headline[3]}]' if len(headline) > 3 else ''} ({direction})"
+
+
+def _metric_tables(headline: list) -> list[tuple[str, str, str]]:
+    """(evaluator, metric, direction) once each, for the per-language tables and bar charts."""
+    return list(dict.fromkeys(tuple(h[:3]) for h in headline))
 
 
 def _cell(value: float) -> str:
@@ -56,14 +67,13 @@ def markdown(results: dict, figures: list[str]) -> str:
     lines += ["## Arms", "", "Each cell: the arm's mean over languages (for fine-tuning tasks, over the target "
               "languages), its random-init baseline (same architecture and tokenizer, untrained) in parentheses.", "",
               "| arm | what it is | starts from | steps | final train loss | "
-              + " | ".join(f"{e} {m} ({d})" for e, m, d in headline) + " |",
+              + " | ".join(_label(h) for h in headline) + " |",
               "|---|---|---|---:|---:|" + "---:|" * len(headline)]
     for arm, entry in results["arms"].items():
         cells = []
-        for evaluator, metric, _ in headline:
-            record = entry["evals"].get(evaluator, {})
-            model = mean_of(per_language(record, metric, targets_only=True))
-            baseline = mean_of(per_language(record, metric, True, targets_only=True))
+        for column in headline:
+            record = entry["evals"].get(column[0], {})
+            model, baseline = mean_of(headline_values(record, column)), mean_of(headline_values(record, column, True))
             cells.append(_cell(model) + ("" if math.isnan(baseline) else f" ({_cell(baseline)})"))
         lines.append(f"| {arm} | {entry['description']} | {entry['start_from'] or 'scratch'} | {entry['steps']} | "
                      f"{_cell(final_loss(entry['train_loss']))} | " + " | ".join(cells) + " |")
@@ -71,7 +81,7 @@ def markdown(results: dict, figures: list[str]) -> str:
         lines += ["", "## The paper's findings against this study", "", "| the paper | measured here | verdict |",
                   "|---|---|---|"]
         lines += [f"| {claim} | {measured} | **{verdict}** |" for claim, measured, verdict in results["findings"]]
-    for evaluator, metric, direction in headline:
+    for evaluator, metric, direction in _metric_tables(headline):
         languages = sorted({lang for entry in results["arms"].values()
                             for lang in per_language(entry["evals"].get(evaluator, {}), metric)})
         if not languages:
@@ -95,7 +105,7 @@ def markdown(results: dict, figures: list[str]) -> str:
 def charts(results: dict, directory: str) -> list[str]:
     """Bars per language (one bar per arm) for each headline metric, and the training-loss curves."""
     files = []
-    for evaluator, metric, direction in results["headline"]:
+    for evaluator, metric, direction in _metric_tables(results["headline"]):
         series = {arm: per_language(entry["evals"].get(evaluator, {}), metric)
                   for arm, entry in results["arms"].items()}
         if any(series.values()):

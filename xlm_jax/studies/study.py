@@ -46,7 +46,8 @@ class Study:
     """What a study file builds for a preset.
 
     evals: evaluator name -> options (as in config.evals), applied to every arm's final checkpoint.
-    headline: (evaluator, per-language metric, "higher" | "lower") the report tabulates and plots.
+    headline: (evaluator, per-language metric, "higher" | "lower"[, language]) the report tabulates
+      (the mean over languages, or the one language named) and plots.
     prepare: writes files the arms read (e.g. a corpus cut from the built-in catalogs) under the
       study directory; called before any arm starts, and must be idempotent.
     findings: results -> [(the paper's claim, what this study measured, "holds" | "does not hold" |
@@ -59,7 +60,7 @@ class Study:
     base: str                     # the recipe in configs/ every arm starts from, e.g. "demo"
     arms: list[Arm]
     evals: dict[str, dict]
-    headline: list[tuple[str, str, str]]
+    headline: list[tuple[str, ...]]
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)   # every arm's, before its own
     prepare: Callable[[str], None] | None = None
     findings: Callable[[dict], list[tuple[str, str, str]]] | None = None
