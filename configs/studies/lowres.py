@@ -25,6 +25,7 @@ pairs no arm trained on), masked-LM quality as pseudo-log-likelihood per charact
 held-out Bible lines (per character, so vocabularies of different sizes compare) and, for
 forgetting, on English Tatoeba sentences.
 """
+import math
 import os
 
 from xlm_jax.studies.study import Arm, Study, study_config
@@ -133,9 +134,16 @@ def findings(results: dict) -> list[tuple[str, str, str]]:
     def compare(claim, evaluator, metric, before, after, better_if_lower=False):
         if {before, after} <= set(arms):
             a, b = sw(before, evaluator, metric), sw(after, evaluator, metric)
+            measured = f"{evaluator} {metric}: {before} {a:.3f} -> {after} {b:.3f}"
+            if metric == "acc":   # accuracy@1 over both directions of n pairs: its sampling error
+                n = 2 * sum(v["pairs"] for v in arms[after]["evals"][evaluator]["details"]["sizes"].values())
+                se = math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+                measured += f" (s.e. of the difference {se:.3f})"
+                if abs(b - a) < 2 * se:
+                    out.append((claim, measured, "unclear: within twice the sampling error"))
+                    return
             improved = b < a if better_if_lower else b > a
-            out.append((claim, f"{evaluator} {metric}: {before} {a:.3f} -> {after} {b:.3f}",
-                        "holds" if improved else "does not hold"))
+            out.append((claim, measured, "holds" if improved else "does not hold"))
 
     compare("Vocabulary extension and continued MLM make the model a language model of the new language",
             "mlm_quality", "nats_per_char", "base", "mlm", better_if_lower=True)
