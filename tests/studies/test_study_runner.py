@@ -102,6 +102,20 @@ def test_study_trains_evaluates_reports_skips_finished_and_resumes_an_interrupte
     assert again["arms"]["narrow"]["evals"]["retrieval"]["per_language"] == \
         first["arms"]["narrow"]["evals"]["retrieval"]["per_language"]
 
+    # moved to another directory, nothing is redone; an evaluation with other options is
+    moved = str(tmp_path / "moved")
+    os.rename(workdir, moved)
+    stamp = {arm: os.path.getmtime(os.path.join(moved, arm, "eval", str(step), "results.json"))
+             for arm, step in (("shared", 6), ("narrow", 6), ("continued", 3))}
+    results = os.path.join(moved, "shared", "eval", "6", "results.json")
+    record = json.load(open(results))
+    record["evaluators"]["retrieval"]["options"]["max_pairs"] = 39
+    json.dump(record, open(results, "w"))
+    run_study(study_config(file), moved)
+    assert os.path.getmtime(results) > stamp["shared"]
+    for arm, step in (("narrow", 6), ("continued", 3)):
+        assert os.path.getmtime(os.path.join(moved, arm, "eval", str(step), "results.json")) == stamp[arm]
+
 
 def test_an_arm_is_an_ordinary_train_config(tmp_path, shared_data):
     from xlm_jax.studies.study import arm_configs, load_study

@@ -93,16 +93,26 @@ def _export(arm_dir: str, untrained_config=None) -> None:
 
 def _evaluate(name: str, config, arm_dir: str, step: int) -> dict:
     """The study's evaluators on the arm's checkpoint `step` (0: the model it starts from), read
-    back when all are on disk."""
+    back when all are on disk with the same options."""
     from xlm_jax.train.evaluate import evaluate_checkpoint
     path = os.path.join(arm_dir, "eval", str(step), "results.json")
     if os.path.exists(path):
         with open(path) as f:
-            done = json.load(f).get("evaluators", {})
-        if set(config.evals) <= set(done):
+            stored = json.load(f)
+        done = _moved(stored.get("evaluators", {}), os.path.dirname(stored.get("workdir", "")), os.path.dirname(arm_dir))
+        if all(done.get(e, {}).get("options") == config.evals[e].to_dict() for e in config.evals):
             log(f"{name}: evaluated already ({path})")
             return {evaluator: done[evaluator] for evaluator in config.evals}
     return evaluate_checkpoint(config, arm_dir, step or None, list(config.evals))
+
+
+def _moved(records: dict, old_study_dir: str, study_dir: str) -> dict:
+    """Evaluation records with the study directory they were written in (their `{study}` paths)
+    replaced by this one, so a study moved or opened by another path still finds them."""
+    if not old_study_dir or old_study_dir == study_dir:
+        return records
+    old, new = (json.dumps(path)[1:-1] for path in (old_study_dir, study_dir))
+    return json.loads(json.dumps(records).replace(old, new))
 
 
 def training_curve(arm_dir: str) -> list[list[float]]:
