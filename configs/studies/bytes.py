@@ -61,6 +61,11 @@ def _transfer(results: dict, arm: str, target: str) -> float:
     return results["arms"][arm]["evals"][f"dt_{target}"]["summary"]["dt_bytes"]
 
 
+def _bounded(results: dict, arm: str, target: str) -> bool:
+    """D_T is only a lower bound: the fine-tuned model beat the from-scratch model at every slice."""
+    return bool(results["arms"][arm]["evals"][f"dt_{target}"]["summary"]["bound"])
+
+
 def findings(results: dict) -> list[tuple[str, str, str]]:
     out = []
     byte_arms = [f"bytes_{src}" for src in SOURCES if f"bytes_{src}" in results["arms"]]
@@ -71,7 +76,11 @@ def findings(results: dict) -> list[tuple[str, str, str]]:
         low, high = min(values.values()), max(values.values())
         spread = (high - low) / max(abs(high), 1.0)
         measured = ", ".join(f"{src} {v:,.0f}" for src, v in values.items()) + f" bytes (spread {spread:.0%} of the largest)"
-        verdict = "holds" if low > 0 and high <= 2 * low else "does not hold" if low <= 0 < high else "unclear"
+        bounded = [arm.removeprefix("bytes_") for arm in byte_arms if _bounded(results, arm, tgt)]
+        if bounded:
+            measured += f"; lower bounds for {', '.join(bounded)} (fine-tuned beat every from-scratch slice)"
+        verdict = ("unclear: D_T is a lower bound for every source" if len(bounded) == len(byte_arms) else
+                   "holds" if low > 0 and high <= 2 * low else "does not hold" if low <= 0 < high else "unclear")
         out.append((f"D_T into {name} is similar whichever source language the byte model learned",
                     measured, verdict))
     sp = f"sentencepiece_{next(iter(SOURCES))}"
