@@ -21,9 +21,9 @@ Arms, each starting from the `base` model and adding one step to the arm before 
                 (human translations, read through the synthetic-source path; xlm_jax has no MT
                 system: a back-translated TSV goes in the same field)
 Each is evaluated on Swahili: retrieval (Tatoeba swh-eng, 390 pairs, and 500 held-out TICO-19
-pairs no arm trained on), masked-LM quality as pseudo-log-likelihood per character on 200
-held-out Bible lines (per character, so vocabularies of different sizes compare) and, for
-forgetting, on English Tatoeba sentences.
+pairs no arm trained on), masked-LM quality as pseudo-log-likelihood per character on the
+first 100 of 200 held-out Bible lines (per character, so vocabularies of different sizes
+compare) and, for forgetting, on 100 English Tatoeba sentences.
 """
 import math
 import os
