@@ -40,8 +40,10 @@ def study(preset: str) -> Study:
     arms = [Arm(f"bytes_{src}", f"bytes, pretrained on {name}", {**byte, "data.files": f"{src}:{{data}}/mono/{src}.txt"})
             for src, name in SOURCES.items()]
     first = next(iter(SOURCES))
-    arms.append(Arm(f"sentencepiece_{first}", f"SentencePiece unigram (8,002 ids), pretrained on {SOURCES[first]}",
-                    {"data.files": f"{first}:{{data}}/mono/{first}.txt", "data.tokenizer": "unigram"}))
+    # 4,002 ids: the 250 KB of English text supports at most ~6,700
+    arms.append(Arm(f"sentencepiece_{first}", f"SentencePiece unigram (4,002 ids), pretrained on {SOURCES[first]}",
+                    {"data.files": f"{first}:{{data}}/mono/{first}.txt", "data.tokenizer": "unigram",
+                     "model.vocab_size": 4002}))
     evals = {f"dt_{tgt}": {"kind": "data_transfer", "text": f"{{data}}/mono/{tgt}.txt", "language": tgt,
                            "sizes": p["sizes"], "steps": p["dt_steps"], "seq_len": p["seq_len"]}
              for tgt in TARGETS}
