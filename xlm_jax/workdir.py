@@ -1,4 +1,5 @@
-"""The run directory, created and checked writable before anything is read or compiled."""
+"""The run directory, created and checked writable before anything is read or compiled, and
+files in it written whole or not at all."""
 import uuid
 
 from etils import epath
@@ -23,3 +24,11 @@ def make_workdir(workdir: str) -> None:
     except Exception as error:
         raise XlmJaxError(f"--workdir={workdir}: cannot write to it ({getattr(error, 'strerror', None) or error}); "
                           "choose a directory you can write, or fix its permissions") from None
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Writes a temp file and renames it, so a killed run never leaves half a file."""
+    path = epath.Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_bytes(data)
+    tmp.replace(path)

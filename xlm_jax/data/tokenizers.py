@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import re
-import uuid
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +24,7 @@ from xlm_jax.data.wordpiece import WordPieceTokenizer
 from xlm_jax.errors import CheckpointError, ConfigError, DataError
 from xlm_jax.extras import available, install_command
 from xlm_jax.jsonfiles import read_json_object
+from xlm_jax.workdir import write_atomically
 
 _ENCODE_CHUNK = 65_536   # sentences per sp.encode call: bounds the Python int lists in memory
 SENTENCEPIECE_FILE = "tokenizer.model"             # the serialized SentencePiece model
@@ -135,7 +135,7 @@ class SentencePieceTokenizer(_FairseqLayout):
 
     def save(self, path) -> None:
         """Writes a temp file and renames it, so a killed run never leaves half a model."""
-        _atomic_write(epath.Path(path), self.model_proto)
+        write_atomically(path, self.model_proto)
 
     def proto(self):
         """The model as a (fresh, editable) sentencepiece_model_pb2.ModelProto."""
@@ -212,13 +212,6 @@ def tokenizer_kind(tokenizer: Tokenizer) -> str:
     return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
 
 
-def _atomic_write(path: epath.Path, data: bytes) -> None:
-    """Writes a temp file and renames it, so a killed run never leaves half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _tokenizer_files(workdir) -> list[epath.Path]:
     return [p for p in (epath.Path(workdir) / name for name in TOKENIZER_FILES) if p.exists()]
 
@@ -243,7 +236,7 @@ def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, LanguageRangeTokenizer):
-        _atomic_write(workdir / RANGES_FILE, ranges_json(tokenizer, tokenizer_kind(tokenizer.base)))
+        write_atomically(workdir / RANGES_FILE, ranges_json(tokenizer, tokenizer_kind(tokenizer.base)))
         return save_tokenizer(tokenizer.base, workdir)
     if isinstance(tokenizer, SentencePieceTokenizer):
         path, data = workdir / SENTENCEPIECE_FILE, tokenizer.model_proto
@@ -259,7 +252,7 @@ def save_tokenizer(tokenizer: Tokenizer, workdir) -> epath.Path:
     for other in _tokenizer_files(workdir):
         if other.name != path.name:
             raise DataError(f"{other} already holds this run's tokenizer; use a new workdir for another one")
-    _atomic_write(path, data)
+    write_atomically(path, data)
     return path
 
 
@@ -364,7 +357,7 @@ def _write_byte_fallback_tokenizer_json(directory: epath.Path, log) -> None:
     state["decoder"] = {"type": "Sequence", "decoders": [   # as transformers' Llama converter
         {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
         {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
-    _atomic_write(directory / "tokenizer.json", json.dumps(state, ensure_ascii=False).encode("utf-8"))
+    write_atomically(directory / "tokenizer.json", json.dumps(state, ensure_ascii=False).encode("utf-8"))
 
 
 def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_length: int | None = None,
@@ -385,13 +378,13 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_lengt
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, SentencePieceTokenizer):
-        _atomic_write(directory / HF_SENTENCEPIECE_FILE, tokenizer.model_proto)
+        write_atomically(directory / HF_SENTENCEPIECE_FILE, tokenizer.model_proto)
         specials, config = _XLMR_SPECIALS, {"tokenizer_class": "XLMRobertaTokenizer"}
     elif isinstance(tokenizer, WordPieceTokenizer):
         broken = [token for token in tokenizer.vocab if "\n" in token or "\r" in token]
         if broken:
             raise DataError(f"WordPiece token {broken[0]!r} cannot be written as one line of {HF_VOCAB_FILE}")
-        _atomic_write(directory / HF_VOCAB_FILE, "".join(f"{token}\n" for token in tokenizer.vocab).encode("utf-8"))
+        write_atomically(directory / HF_VOCAB_FILE, "".join(f"{token}\n" for token in tokenizer.vocab).encode("utf-8"))
         specials, config = _BERT_SPECIALS, {"tokenizer_class": "BertTokenizer", **tokenizer.options}
     else:
         raise TypeError(f"cannot export a {type(tokenizer).__name__}; xlm_jax exports SentencePieceTokenizer "
@@ -400,7 +393,7 @@ def write_hf_tokenizer_files(tokenizer: Tokenizer, directory, *, model_max_lengt
     if model_max_length is not None:
         config["model_max_length"] = int(model_max_length)
     for name, content in ((HF_TOKENIZER_CONFIG, config), ("special_tokens_map.json", specials)):
-        _atomic_write(directory / name, json.dumps(content, indent=2, ensure_ascii=False).encode("utf-8"))
+        write_atomically(directory / name, json.dumps(content, indent=2, ensure_ascii=False).encode("utf-8"))
     if isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.byte_fallback:
         _write_byte_fallback_tokenizer_json(directory, log)
 

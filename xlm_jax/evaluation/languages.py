@@ -21,11 +21,12 @@ import dataclasses
 import json
 import os
 import re
-import uuid
 
 import jax
 
 from xlm_jax.errors import ConfigError, DataError
+from xlm_jax.jsonfiles import read_json_object
+from xlm_jax.workdir import write_atomically
 
 LANGUAGES_FILE = "languages.json"   # {"languages": [...]}: the run's language names in id order
 
@@ -137,12 +138,10 @@ def read_run_languages(workdir: str) -> tuple[str, ...]:
     path = os.path.join(workdir, LANGUAGES_FILE)
     if not os.path.exists(path):
         return ()
-    with open(path, encoding="utf-8") as f:
-        try:
-            languages = json.load(f)["languages"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}: expected {{\"languages\": [...]}}; delete it and resume the run "
-                            "to write it again") from None
+    fix = "delete it and resume the run to write it again"
+    languages = read_json_object(path, fix, DataError).get("languages")
+    if not isinstance(languages, list):
+        raise DataError(f"{path}: expected {{\"languages\": [...]}}; {fix}")
     return tuple(languages)
 
 
@@ -155,8 +154,4 @@ def record_run_languages(workdir: str, languages, log=print) -> None:
     path = os.path.join(workdir, LANGUAGES_FILE)
     if os.path.exists(path):
         log(f"{path}: the corpus's languages changed; language ids now follow {', '.join(languages)}")
-    staging = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(staging, "w", encoding="utf-8") as f:
-        json.dump({"languages": languages}, f, ensure_ascii=False)
-        f.write("\n")
-    os.replace(staging, path)
+    write_atomically(path, (json.dumps({"languages": languages}, ensure_ascii=False) + "\n").encode("utf-8"))

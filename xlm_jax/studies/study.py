@@ -17,6 +17,7 @@ Every arm's config is built and validated before any arm starts, so a typo in th
 arm fails in seconds, naming the arm and the field.
 """
 import dataclasses
+import difflib
 import importlib.util
 import os
 import shlex
@@ -77,11 +78,11 @@ def study_config(build: Callable[[str], Study], arg: str, file: str) -> ml_colle
     if preset not in STUDY_PRESETS:
         raise ConfigError(f"{file}: preset {preset!r}; the presets are {', '.join(STUDY_PRESETS)} "
                           f"(--config={file}:small)")
-    study = build(preset)
     if arm:
         if not study_dir:
             raise ConfigError(f"--config={file}:{arg}: say where the study lives: {preset}/{arm}@DIR "
                               f"(the arm runs in DIR/{arm})")
+        study = build(preset)
         return arm_config(study, find_arm(study, arm), study_dir, file)
     config = ml_collections.ConfigDict()
     config.study = ml_collections.ConfigDict({"file": os.path.abspath(file), "preset": preset, "arms": "",
@@ -135,21 +136,18 @@ def _resolve(value, study_dir: str):
 
 def set_field(config: ml_collections.ConfigDict, field: str, value, where: str) -> None:
     """config.<field> = value for a dotted field that must exist (`where` names the arm in errors)."""
-    *parents, name = field.split(".")
+    parts = field.split(".")
     node = config
-    for i, part in enumerate(parents + [name]):
+    for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            near = ""
-            if isinstance(node, ml_collections.ConfigDict):
-                import difflib
-                close = difflib.get_close_matches(part, list(node), n=1)
-                near = f"; did you mean `{'.'.join((parents + [name])[:i] + close)}`?" if close else ""
+            close = difflib.get_close_matches(part, list(node), n=1) if isinstance(node, ml_collections.ConfigDict) else []
+            near = f"; did you mean `{'.'.join(parts[:i] + close)}`?" if close else ""
             raise ConfigError(f"{where}: config field `{field}` does not exist{near} "
                               "(every field, with its default: xlm_jax/config.py)")
-        if part != name or i < len(parents):
+        if i < len(parts) - 1:
             node = node[part]
     try:
-        node[name] = value
+        node[parts[-1]] = value
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: config field `{field}`: {value!r} does not fit ({error})") from None
 
