@@ -101,6 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.byte_fallback = True
     d.extend_vocab_pieces = 0    # with init_from: > 0 appends the new pieces of a unigram model of
                                  # this many pieces trained on the corpus to the imported vocabulary
+    d.extend_vocab_languages = ""   # "sw" or "yo,sw": train that model on these languages' text only
+                                    # (default: every language, mixed as tokenizer training mixes them)
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000
@@ -316,6 +318,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"got {d.extend_vocab_pieces}, but vocabulary extension adds to an imported model's "
              "vocabulary: set --config.init_from=hf:DIR, or leave extend_vocab_pieces at 0 (a run from "
              "scratch trains its own tokenizer of model.vocab_size ids on the corpus)")
+    _require(not d.extend_vocab_languages or d.extend_vocab_pieces, "data.extend_vocab_languages",
+             f"got {d.extend_vocab_languages!r} with data.extend_vocab_pieces=0: it picks the text the new "
+             "pieces are trained on; set data.extend_vocab_pieces too, or leave it empty")
     for beta in ("b1", "b2"):
         _require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
                  f"got {t[beta]!r}; Adam betas must be in [0, 1)")

@@ -9,8 +9,9 @@ models for low-resource languages"), one step added per arm.
 Arms, each starting from the `base` model and adding one step to the arm before it:
   base          the starting model: MLM from scratch on English, Greek, Ukrainian and Vietnamese
                 (../shared/data/mono), nothing of Swahili; evaluated as it is ("before")
-  mlm           + its vocabulary extended for Swahili (`data.extend_vocab_pieces`), MLM continued
-                on Swahili text (the Bible NT) beside the four old languages
+  mlm           + its vocabulary extended for Swahili (`data.extend_vocab_pieces` pieces trained on
+                Swahili text alone: `data.extend_vocab_languages`), MLM continued on Swahili text
+                (the Bible NT) beside the four old languages
   tlm           + TLM on English-Swahili pairs (TICO-19, health domain)
   xlco          + XLCo (InfoXLM's contrast) on the same pairs
   adversarial   + a language discriminator behind gradient reversal
@@ -74,7 +75,8 @@ def study(preset: str) -> Study:
     common = {"train.log_every": 50, "data.max_sentences_per_language": 0, "data.eval_sentences_per_language": 100}
     steps = {"train.num_steps": p["steps"], "train.warmup_steps": p["steps"] // 10,
              "checkpoint.every_steps": p["steps"] // 3}
-    mlm = {**steps, "data.files": adapt_text, "data.extend_vocab_pieces": p["pieces"], "data.alpha": 1.0,
+    mlm = {**steps, "data.files": adapt_text, "data.extend_vocab_pieces": p["pieces"],
+           "data.extend_vocab_languages": TARGET, "data.alpha": 1.0,
            "train.learning_rate": 5e-4}
     tlm = {**mlm, "data.shards": 4, "objectives.tlm": 1.0, "mlm.batch_size": 16, "tlm.batch_size": 16}
     xlco = {**tlm, "objectives.xlco": 1.0, "mlm.batch_size": 8, "tlm.batch_size": 8, "xlco.batch_size": 8,

@@ -11,6 +11,7 @@ train), so preparing is quick.
 import math
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,6 +285,42 @@ def test_xlco_weights_each_query_by_its_pairs_weight():
     config.objectives.xlco, config.xlco.queue_size = 1.0, 16
     (xlco,) = [o for o in build_objectives(validate(config)) if o.name == "xlco"]
     assert float(xlco.normalizer({"src_ids": np.zeros((3, 4)), "pair_weight": pair_weight})) == 4.0
+
+
+def test_pair_classification_weighs_a_kept_pair_by_its_weight_and_one_cut_from_two_rows_by_both():
+    config = tiny_config(batch_size=8)
+    config.objectives.pair_classification = 1.0
+    config.data.synthetic_pairs = "en-sw:/any/bt.tsv"
+    config = validate(config)
+    (classify,) = [o for o in build_objectives(config) if o.name == "pair_classification"]
+    model, params = random_params(config, seed=3)
+    params = dict(params, objectives={"pair_classification": nn.unbox(classify.init_head(jax.random.key(1)))})
+    batch = random_stream_batch(classify.stream(), config, np.random.default_rng(4))
+
+    @jax.jit
+    def terms(params, batch):
+        joined = classify.prepare_batch(batch, jax.random.key(5))
+        ctx = StepContext(model, params, jnp.asarray(0), 1, {classify.batch_name: None}, deterministic=True)
+        return joined, classify.loss_terms(ctx, joined, None)[0], classify.normalizer(joined)
+
+    unweighted = {key: value for key, value in batch.items() if key != "pair_weight"}
+    _, today, today_norm = jax.device_get(terms(params, unweighted))
+    _, ones, ones_norm = jax.device_get(terms(params, dict(batch, pair_weight=np.ones(8, np.float32))))
+    assert today_norm == ones_norm == 8 and all(today[key] == ones[key] for key in today)   # bit for bit
+    weights = np.array([1, 0.5, 0.5, 1, 1, 0.5, 1, 0.5], np.float32)
+    batch["tgt_language"] = np.arange(8, dtype=np.int32)       # y's language names the row it came from
+    joined, got, norm = jax.device_get(terms(params, dict(batch, pair_weight=weights)))
+    taken = joined["tgt_language"]
+    assert 0 < np.sum(taken != np.arange(8)) < 8               # both kinds in this draw
+    np.testing.assert_array_equal(joined["pair_weight"], weights * np.where(taken != np.arange(8), weights[taken], 1))
+    hidden = np_forward(params, joined["input_ids"], config.model)[1][-1][:, 0]
+    head = jax.tree.map(np.asarray, params["objectives"]["pair_classification"])
+    logits = np.tanh(hidden @ head["dense"]["kernel"] + head["dense"]["bias"]) @ head["out"]["kernel"] + head["out"]["bias"]
+    per_row = np.log(np.exp(logits).sum(-1)) - logits[np.arange(8), joined["label"]]
+    assert norm == pytest.approx(joined["pair_weight"].sum(), rel=1e-6)
+    assert got["loss_sum"] == pytest.approx((per_row * joined["pair_weight"]).sum(), rel=1e-5)
+    hits = logits.argmax(-1) == joined["label"]
+    assert got["correct"] == pytest.approx((hits * joined["pair_weight"]).sum(), rel=1e-6)
 
 
 # --- config errors ----------------------------------------------------------------------------------------

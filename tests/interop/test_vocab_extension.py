@@ -180,6 +180,44 @@ def test_workdir_tokenizer_is_extended_once_and_must_match_the_run(small_model, 
         adopt_vocab_extension(config, str(source), str(workdir), resuming=True, log=lambda _: None)
 
 
+def test_extension_languages_pick_the_text_the_new_pieces_are_trained_on(small_model, shared_data, tmp_path):
+    """English 6x Yoruba's size: pieces trained on Yoruba alone cut its tokens per word further
+    than pieces trained on the mixed corpus, where most of them go to English words."""
+    old, _, _, _ = small_model
+    source, corpus = tmp_path / "hf", tmp_path / "corpus"
+    for directory in (source, corpus):
+        directory.mkdir()
+    old.save(source / "sentencepiece.bpe.model")
+    yoruba = mono(shared_data, "yo")
+    (corpus / "yo.txt").write_text("\n".join(yoruba[:400]) + "\n", encoding="utf-8")
+    (corpus / "en.txt").write_text("\n".join(mono(shared_data, "en")[:2400]) + "\n", encoding="utf-8")
+    config = config_lib.default_config()
+    config.init_from, config.data.corpus_dir, config.data.alpha = f"hf:{source}", str(corpus), 1.0
+    config.data.extend_vocab_pieces = 300
+
+    def extended(languages):
+        config.data.extend_vocab_languages = languages
+        workdir = tmp_path / f"run_{languages or 'all'}"
+        workdir.mkdir()
+        old.save(workdir / "tokenizer.model")
+        logs = []
+        _, new = adopt_vocab_extension(config, str(source), str(workdir), resuming=False, log=logs.append)
+        return new, logs
+
+    everything, everything_logs = extended("")
+    yoruba_only, yoruba_logs = extended("yo")
+    assert any("trained on the corpus" in line for line in everything_logs)
+    assert any("trained on yo text" in line for line in yoruba_logs)
+    held_out = yoruba[-HELD_OUT:]
+    assert fertility(yoruba_only, held_out) < 0.95 * fertility(everything, held_out) < fertility(old, held_out)
+    with pytest.raises(ConfigError, match=r"`data.extend_vocab_languages`: got 'yo,sw', but the corpus has no sw; "
+                                          r"its languages are en, yo"):
+        extended("yo,sw")
+    config.data.extend_vocab_pieces = 0
+    with pytest.raises(ConfigError, match=r"`data.extend_vocab_languages`: got 'yo,sw' with data.extend_vocab_pieces=0"):
+        config_lib.validate(config)
+
+
 def test_continued_pretraining_extends_once_and_resumes(shared_data, tmp_path):
     from xlm_jax import load
 

@@ -176,6 +176,19 @@ def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
     return resize_vocab_rows(out, round_up(new_vocab, vocab_pad_multiple))
 
 
+def extension_languages(field: str, corpus_languages) -> list[str]:
+    """The languages whose text trains the new pieces: `data.extend_vocab_languages` ("sw",
+    "yo,sw"), or every corpus language when it is empty; sorted, each checked against the corpus."""
+    if not field.strip():
+        return sorted(corpus_languages)
+    languages = sorted({lang.strip() for lang in field.split(",") if lang.strip()})
+    unknown = [lang for lang in languages if lang not in corpus_languages]
+    if unknown or not languages:
+        raise ConfigError(f"config field `data.extend_vocab_languages`: got {field!r}, but the corpus has no "
+                          f"{', '.join(unknown) or 'language'}; its languages are {', '.join(sorted(corpus_languages))}")
+    return languages
+
+
 def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, log=print,
                           text: CorpusText | None = None
                           ) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer] | None:
@@ -218,11 +231,13 @@ def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, 
         d = config.data
         text = text or read_text(config, log=lambda _: None)
         pools = tokenizer_text(text, text.sentence_probs()[1], d.tokenizer_sentences)   # as tokenizer training: P-independent
+        languages = extension_languages(d.extend_vocab_languages, text.languages)
         new, added = extend_sentencepiece(
-            old, [line for lang in sorted(pools) for line in pools[lang]], count,
+            old, [line for lang in languages for line in pools[lang]], count,
             character_coverage=d.character_coverage, input_sentence_size=d.tokenizer_sentences,
             seed=config.train.seed)
-        log(f"vocabulary: added {len(added):,} new pieces of a {count:,}-piece model trained on the corpus "
+        trained_on = "the corpus" if languages == sorted(text.languages) else f"{','.join(languages)} text"
+        log(f"vocabulary: added {len(added):,} new pieces of a {count:,}-piece model trained on {trained_on} "
             f"to the {old.vocab_size:,} ids of {source} -> {new.vocab_size:,} ids (<mask> moves to "
             f"{new.mask_id})")
         for lang in text.languages:

@@ -7,6 +7,11 @@ random shift in 1..B-1 per step). The pairs are put together on device over the 
 global batch before microbatching; a "negative" whose y is token for token the row's own
 translation (duplicates are common in real corpora) is labelled a positive, so a negative
 never equals the positive.
+
+With synthetic pairs (a batch with `pair_weight`, xlm_jax/data/synthetic.py) each joined pair
+weighs what its sources are trusted: a kept pair its own weight, one cut from two rows (x from
+one, y from the other: every negative) the product of both rows' weights, in the loss sum, the
+accuracy and the normalizer alike; weight 1 everywhere gives the unweighted loss.
 """
 import flax.linen as nn
 import jax
@@ -51,8 +56,12 @@ def pair_examples(batch, key, negative_fraction: float, pad_id: int) -> dict:
     y_language = jnp.where(negative, batch["tgt_language"][other], batch["tgt_language"])
     label = jnp.all(y == tgt, axis=1).astype(jnp.int32)
     input_ids, second = join_pair(src, y, pad_id)
-    return {"input_ids": input_ids, "label": label, "second_segment": second,
-            "src_language": batch["src_language"], "tgt_language": y_language}
+    joined = {"input_ids": input_ids, "label": label, "second_segment": second,
+              "src_language": batch["src_language"], "tgt_language": y_language}
+    if "pair_weight" in batch:
+        weight = batch["pair_weight"]
+        joined["pair_weight"] = jnp.where(negative, weight * weight[other], weight)
+    return joined
 
 
 class PairClassifierHead(nn.Module):
@@ -92,16 +101,19 @@ class TranslationPairClassification(Objective):
         return joined
 
     def normalizer(self, batch):
+        if "pair_weight" in batch:
+            return jnp.sum(batch["pair_weight"])    # > 0: every weight is in (0, 1]
         return jnp.asarray(batch["input_ids"].shape[0], jnp.float32)
 
     def loss_terms(self, ctx: StepContext, batch, extra):
         hidden, _ = ctx.encode_batch(self.batch_name, batch)
         head = PairClassifierHead(self.config.model.hidden_size)
         logits = head.apply({"params": ctx.params["objectives"][self.name]}, hidden[:, 0].astype(jnp.float32))
+        weight = batch.get("pair_weight", jnp.ones(logits.shape[0], jnp.float32))
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {"loss_sum": jnp.sum(losses), "correct": jnp.sum(correct),
-                "positives": jnp.sum(batch["label"]).astype(jnp.float32)}, None
+        return {"loss_sum": jnp.sum(losses * weight), "correct": jnp.sum(correct * weight),
+                "positives": jnp.sum(batch["label"] * weight)}, None
 
     def metrics(self, terms, normalizer, step):
         return {"loss": terms["loss_sum"] / normalizer, "accuracy": terms["correct"] / normalizer,
