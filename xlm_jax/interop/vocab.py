@@ -179,13 +179,13 @@ def extend_params(params: dict, old_tokenizer: SentencePieceTokenizer,
 def extension_languages(field: str, corpus_languages) -> list[str]:
     """The languages whose text trains the new pieces: `data.extend_vocab_languages` ("sw",
     "yo,sw"), or every corpus language when it is empty; sorted, each checked against the corpus."""
-    if not field.strip():
+    languages = sorted({lang.strip() for lang in field.split(",")} - {""})
+    if not languages:
         return sorted(corpus_languages)
-    languages = sorted({lang.strip() for lang in field.split(",") if lang.strip()})
     unknown = [lang for lang in languages if lang not in corpus_languages]
-    if unknown or not languages:
+    if unknown:
         raise ConfigError(f"config field `data.extend_vocab_languages`: got {field!r}, but the corpus has no "
-                          f"{', '.join(unknown) or 'language'}; its languages are {', '.join(sorted(corpus_languages))}")
+                          f"{', '.join(unknown)}; its languages are {', '.join(sorted(corpus_languages))}")
     return languages
 
 

@@ -29,8 +29,10 @@ def mean_of(values: dict[str, float]) -> float:
 def headline_values(record: dict, headline: list, random_init: bool = False) -> dict[str, float]:
     """The languages a headline column averages: fine-tuning tasks' targets, or the one it names."""
     values = per_language(record, headline[1], random_init, targets_only=True)
-    return {headline[3]: values[headline[3]]} if len(headline) > 3 and headline[3] in values else \
-        ({} if len(headline) > 3 else values)
+    if len(headline) <= 3:
+        return values
+    language = headline[3]
+    return {language: values[language]} if language in values else {}
 
 
 def _label(headline: list) -> str:
