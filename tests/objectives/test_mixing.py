@@ -22,7 +22,7 @@ from xlm_jax.objectives.registry import build_objectives, streams
 
 COMMON = {"loss", "grad_norm", "learning_rate", "nonfinite"}
 METRICS = {"mlm": ("loss", "accuracy", "masked_tokens"), "tlm": ("loss", "accuracy", "masked_tokens"),
-           "xlco": ("loss", "accuracy"), "adversarial": ("loss", "accuracy", "lambda"),
+           "xlco": ("loss", "accuracy", "mean_cosine", "vector_std"), "adversarial": ("loss", "accuracy", "lambda"),
            "pair_classification": ("loss", "accuracy", "positive_fraction")}
 
 

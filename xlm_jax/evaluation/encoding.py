@@ -15,11 +15,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.evaluation.evaluator import EvalContext, Subject
 from xlm_jax.evaluation.languages import language_inputs
-from xlm_jax.models.masked_lm import MaskedLM, truncated
+from xlm_jax.models.masked_lm import MaskedLM, pool_tokens, truncated
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, on_mesh
 
 LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-POOLINGS = ("mean", "first")   # mean over tokens (XTREME retrieval), or the first token (<s> / [CLS])
+POOLINGS = ("mean", "first", "inner")   # mean over tokens (XTREME retrieval), the first token (<s> / [CLS]),
+                                        # or the mean between <s> and </s> (Dufter & Schuetze 2020)
 
 
 def middle_layer(num_layers: int) -> int:
@@ -82,10 +83,7 @@ class SentenceEncoder:
             _, hidden = module.apply({"params": params}, ids, language_ids=language_ids,
                                      method=MaskedLM.hidden_states)
             chosen = hidden[jnp.asarray(layers)].astype(jnp.float32)          # [k, B, S, H]
-            if pooling == "first":
-                return chosen[:, :, 0]
-            mask = (ids != pad_id).astype(jnp.float32)[None, :, :, None]
-            return (chosen * mask).sum(2) / jnp.maximum(mask.sum(2), 1.0)    # [k, B, H]
+            return pool_tokens(chosen, ids, pad_id, pooling)                  # [k, B, H]
 
         replicated = NamedSharding(self.mesh, PartitionSpec())
         return jax.jit(on_mesh(pool, self.mesh, self.rules),
@@ -116,12 +114,18 @@ class SentenceEncoder:
                  language_id: int = 0, tokenizer=None) -> np.ndarray:
         """float32 [len(layers), len(texts), hidden], in the order of `texts`; tokenizer: the one of
         the texts' language (default: the model's, shared by its languages)."""
+        rows = token_rows(tokenizer or self.tokenizer, texts, self.config.max_len) if len(texts) else []
+        return self.encode_rows(params, rows, layers, pooling, language_id)
+
+    def encode_rows(self, params, rows: list[np.ndarray], layers=None, pooling: str = "mean",
+                    language_id: int = 0) -> np.ndarray:
+        """`__call__` on rows of token ids already laid out (`<s> ... </s>`, at most max_len), for
+        evaluators that choose ids rather than text (word translation)."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         layers = resolve_layers(layers, self.config.num_layers)
-        if not len(texts):
+        if not len(rows):
             return np.zeros((len(layers), 0, self.config.hidden_size), np.float32)
-        rows = token_rows(tokenizer or self.tokenizer, texts, self.config.max_len)
         order = np.argsort([len(r) for r in rows], kind="stable")
         pool = self._pool_fn(layers, pooling)
         pending = []
@@ -131,7 +135,7 @@ class SentenceEncoder:
                 ids[j, :len(rows[i])] = rows[i]
             global_ids = jax.make_array_from_callback(ids.shape, self.rows_sharding, lambda index, ids=ids: ids[index])
             pending.append((start, count, pool(params, global_ids, np.int32(language_id))))
-        vectors = np.empty((len(layers), len(texts), self.config.hidden_size), np.float32)
+        vectors = np.empty((len(layers), len(rows), self.config.hidden_size), np.float32)
         for start, count, pooled in pending:
             vectors[:, order[start:start + count]] = np.asarray(pooled)[:, :count]
         return vectors

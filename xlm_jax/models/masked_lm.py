@@ -140,6 +140,21 @@ class MaskedLM(nn.Module):
         return self.pooler(hidden)
 
 
+def pool_tokens(states, input_ids, pad_id: int, pooling: str):
+    """Sentence vectors [..., B, H] of token states [..., B, S, H]: "mean" over the real tokens
+    (not padding), as XTREME's retrieval pools, "first", the `<s>` / [CLS] state, or "inner", the
+    mean over the tokens between a row's first (`<s>`) and last (`</s>`) real token. The
+    evaluators and the contrastive objectives pool with this, so what is trained is what is scored."""
+    if pooling == "first":
+        return states[..., 0, :]
+    real = input_ids != pad_id
+    if pooling == "inner":   # the mean between the row's <s> and </s>, left out (Dufter & Schuetze 2020)
+        last = real & ~jnp.concatenate([real[..., 1:], jnp.zeros_like(real[..., :1])], axis=-1)
+        real = real & ~last & (jnp.arange(real.shape[-1]) > 0)
+    mask = real.astype(states.dtype)[..., None]
+    return (states * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
+
+
 def bottom_layers_params(model_config, encoder_params: dict, depth: int) -> dict:
     """The encoder's params up to layer `depth`: the embeddings, the first min(depth, k) of the
     model.language_specific_layers = k per-language layers and the first depth - k shared ones

@@ -11,7 +11,8 @@ An objective is configured by name: `config.objectives.<name>` is its weight (0 
   a momentum encoder, a queue), both sharded by their logical axes and checkpointed;
 - its loss as sums over the batch's rows plus a normalizer that depends on the batch only
   (`normalizer`, `loss_terms`), so microbatches and hosts add up to the exact global mean;
-- `update_extra` after each optimizer update, `metrics`, and its model FLOPs per step.
+- `update_extra` after each optimizer update, `metrics`, `warnings` (read off the metrics at
+  each log point), and its model FLOPs per step.
 """
 import dataclasses
 from typing import Any, ClassVar
@@ -126,6 +127,11 @@ class Objective:
 
     def metrics(self, terms: dict, normalizer, step) -> dict:
         return {"loss": terms["loss_sum"] / normalizer}
+
+    def warnings(self, metrics: dict) -> list[str]:
+        """What the log should warn of, given this objective's metrics averaged over a log window
+        (without the `<name>/` prefix): e.g. sentence vectors that collapsed to one."""
+        return []
 
     # -- cost -----------------------------------------------------------------------------------
     def flops(self) -> dict[str, float]:

@@ -165,6 +165,10 @@ class MetricsLog:
             f"lr {summary['learning_rate']:.2e}  grad_norm {summary['grad_norm']:.3f}  {tokens_per_s:,.0f} tok/s  "
             f"MFU {100 * mfu:.1f}%  ETA {metrics_lib.format_duration(eta)}"
             + (f"  skipped {summary['skipped_nonfinite']:.0f} non-finite" if summary["skipped_nonfinite"] else ""))
+        for o in self.objectives:
+            own = {k.split("/", 1)[1]: v for k, v in per_objective.items() if k.startswith(f"{o.name}/")}
+            for warning in o.warnings(own) if own else ():
+                log(f"warning at step {step}: {warning}")
         self.writer.scalars(step, {f"train/{k}": v for k, v in summary.items()})
         if self.jsonl:
             for row in rows:
