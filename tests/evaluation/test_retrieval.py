@@ -212,6 +212,8 @@ def test_tatoeba_random_init(tatoeba_result, shared_data):
     assert tatoeba_result.summary["acc"] > 0.05
     assert tatoeba_result.details["sizes"] == {"deu": {"pairs": 100}, "fra": {"pairs": 100}}
     assert tatoeba_result.details["layers"] == [2]           # middle layer of 2
+    assert tatoeba_result.chance == {lang: {k: 0.01 for k in ("acc_xx_to_en", "acc_en_to_xx", "acc")}
+                                     for lang in ("deu", "fra")}                       # 1 / 100 pairs
     assert str(shared_data / "tatoeba" / "tatoeba.fra-eng.eng") in tatoeba_result.data_files
 
 
@@ -314,3 +316,37 @@ def test_unknown_input_and_unnamed_languages(tmp_path):
         make_evaluator(data=tsv).check()
     named = evaluate(fake_context({"one": [1.0], "eins": [1.0]}), data=tsv, languages="en-de")
     assert list(named.per_language) == ["de"]
+
+
+# ------------------------------------------------------------------- the built-in corpus's held-out pairs
+
+
+def test_builtin_heldout_pairs_are_never_read_by_a_run_capped_there():
+    """`builtin-heldout:N`: no side of a pair is text of a run on those languages capped at N
+    sentences per language, in any of its 4 shards (what the demo recipes read)."""
+    from xlm_jax.config import default_config
+    from xlm_jax.data.corpus import plan_corpus, read_shards
+    from xlm_jax.data.sources import Reader
+    from xlm_jax.evaluation.parallel_data import read_parallel_sets
+    sets = read_parallel_sets("builtin-heldout:2000", "de,zh_CN")
+    assert [s.language for s in sets] == ["de", "zh_CN"] and all(len(s.source) >= 500 for s in sets)
+    assert all((s.source_language, s.target_language, s.files) == (s.language, "en", ()) for s in sets)
+    data = default_config().data
+    data.languages, data.max_sentences_per_language = "en,de,zh_CN", 2000
+    corpora, _ = read_shards(plan_corpus(data, 4), range(4), Reader())
+    read = {text for corpus in corpora.values() for lines in corpus.mono.values() for text in lines}
+    read |= {text for corpus in corpora.values() for rows in corpus.parallel.values() for pair in rows for text in pair}
+    assert len(read) > 5000
+    for s in sets:
+        assert not read & (set(s.source) | set(s.target))
+
+
+@pytest.mark.parametrize("data, languages, error, message", [
+    ("builtin-heldout:many", "de", ConfigError, r"write builtin-heldout:N"),
+    ("builtin-heldout:5000", "", ConfigError, r"name the built-in corpus's languages"),
+    ("builtin-heldout:5000", "de,xx_YY", DataError, r"no en-xx pairs for xx_YY"),
+])
+def test_builtin_heldout_errors(data, languages, error, message):
+    from xlm_jax.evaluation.parallel_data import read_parallel_sets
+    with pytest.raises(error, match=message):
+        read_parallel_sets(data, languages)

@@ -121,3 +121,20 @@ def read_gettext_catalogs(locale_dirs=DEFAULT_LOCALE_DIRS, min_languages: int = 
     return Corpus(mono=languages,
                   parallel={("en", lang): list(p) for lang, p in pairs.items() if p},
                   origin=f"gettext catalogs ({dirs}: {len(languages)} languages from {read} .mo files{skipped})")
+
+
+def heldout_pairs(corpus: Corpus, languages: list[str], after: int, limit: int) -> dict[str, list[tuple[str, str]]]:
+    """{language: up to `limit` (English, translation) pairs} of the built-in corpus that a run on
+    English and `languages`, capped at data.max_sentences_per_language = `after`, never reads:
+    past the first `after` en-<language> pairs, and neither side among the first `after`
+    sentences of any of those languages' text nor a side of their first `after` pairs (one
+    msgid has several translations, and a translator may keep a msgid as it is)."""
+    missing = [lang for lang in languages if not corpus.parallel.get(("en", lang))]
+    if missing:
+        raise DataError(f"the built-in corpus ({corpus.origin}) has no en-xx pairs for {', '.join(missing)}; "
+                        f"its languages with pairs: {', '.join(sorted(lang for _, lang in corpus.parallel))}")
+    trained = {line for lang in ["en", *languages] for line in corpus.mono.get(lang, [])[:after]}
+    trained |= {side for lang in languages for pair in corpus.parallel[("en", lang)][:after] for side in pair}
+    return {lang: [(en, xx) for en, xx in corpus.parallel[("en", lang)][after:]
+                   if en not in trained and xx not in trained and "\t" not in en + xx][:limit]
+            for lang in languages}

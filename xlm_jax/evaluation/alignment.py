@@ -129,7 +129,7 @@ class Alignment(Evaluator):
         n = len(pair_set.source)
         fit = round(n * self.options.fit_fraction)
         if fit < 2 or n - fit < 2:
-            raise DataError(f"{pair_set.files[0]}: {n} translation pairs for {pair_set.language}; with "
+            raise DataError(f"{pair_set.files[0] if pair_set.files else self.options.data}: {n} translation pairs for {pair_set.language}; with "
                             f"{self.field('fit_fraction')}={self.options.fit_fraction} that leaves fewer "
                             "than 2 pairs to fit or to test the Procrustes map")
         return fit

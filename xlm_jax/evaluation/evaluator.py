@@ -47,6 +47,7 @@ class Result:
     per_language: language -> metric -> value (e.g. {"deu": {"acc_en_to_xx": 0.41, ...}}).
     summary: task-level numbers (means over languages, the transfer gap, DT, ...).
     majority: the majority-class baseline, keyed like per_language, where it applies.
+    chance: what a random guess scores, keyed like per_language (retrieval: 1 / pairs).
     source_language: for fine-tuning tasks, the language trained on (reported beside targets).
     data_files: every input file read; results.json records their sha256.
     details: other JSON-serializable numbers (per-layer curves, CKA matrices, ...).
@@ -55,6 +56,7 @@ class Result:
     per_language: dict[str, dict[str, float]]
     summary: dict[str, float] = dataclasses.field(default_factory=dict)
     majority: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    chance: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     source_language: str = ""
     data_files: list[str] = dataclasses.field(default_factory=list)
     details: dict = dataclasses.field(default_factory=dict)

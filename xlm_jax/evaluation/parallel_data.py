@@ -7,6 +7,7 @@ several pairs or TSVs comma-separated. The English side (a language named en/eng
 the second side) is the pivot every pair is compared with.
 """
 import dataclasses
+import functools
 import os
 import re
 
@@ -30,7 +31,7 @@ class ParallelSet:
     language: str
     source: list[str]
     target: list[str]
-    files: tuple[str, ...]
+    files: tuple[str, ...]          # () for the built-in corpus's pairs
     source_language: str
     target_language: str
 
@@ -96,9 +97,40 @@ def read_tsv(path: str, names: tuple[str, str] | None) -> ParallelSet:
     return _oriented(names or match.groups(), source, target, (path,))
 
 
+BUILTIN_HELDOUT = "builtin-heldout:"
+BUILTIN_HELDOUT_PAIRS = 1000     # read per language; the evaluator's max_pairs takes the first ones
+
+
+@functools.cache
+def _builtin_heldout_pairs(languages: tuple[str, ...], after: int) -> dict:
+    """Read once per process: the catalogs take seconds, and every arm of a study checks its inputs."""
+    from xlm_jax.data.gettext_corpus import heldout_pairs, read_gettext_catalogs
+    return heldout_pairs(read_gettext_catalogs(), list(languages), after, BUILTIN_HELDOUT_PAIRS)
+
+
+def read_builtin_heldout(data: str, languages: list[str]) -> list[ParallelSet]:
+    """`builtin-heldout:N` (see the module docstring): one set per language, English the pivot."""
+    after = data[len(BUILTIN_HELDOUT):]
+    if not after.isdigit() or not int(after):
+        raise ConfigError(f"{data!r}: write builtin-heldout:N, N the data.max_sentences_per_language of the "
+                          "runs it evaluates (e.g. builtin-heldout:5000)")
+    if not languages:
+        raise ConfigError(f"{data!r}: name the built-in corpus's languages to evaluate in `languages` "
+                          "(gettext codes, e.g. de,fr,zh_CN)")
+    pairs = _builtin_heldout_pairs(tuple(languages), int(after))
+    empty = [lang for lang, rows in pairs.items() if not rows]
+    if empty:
+        raise DataError(f"{data}: the built-in corpus has no unread en-xx pairs past the first {after} for "
+                        f"{', '.join(empty)}")
+    return [ParallelSet(lang, [xx for _, xx in rows], [en for en, _ in rows], (), lang, "en")
+            for lang, rows in pairs.items()]
+
+
 def read_parallel_sets(data: str, languages: str) -> list[ParallelSet]:
     """The inputs named by the `data` and `languages` options (see the module docstring)."""
     entries, names = _split_list(data), _split_list(languages)
+    if data.startswith(BUILTIN_HELDOUT):
+        return read_builtin_heldout(data, names)
     if len(entries) == 1 and os.path.isdir(entries[0]):
         return read_tatoeba(entries[0], names)
     if names and len(names) != len(entries):

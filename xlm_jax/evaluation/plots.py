@@ -20,21 +20,41 @@ def _save(figure, path: str) -> str:
     return path
 
 
-def bar_chart(path: str, title: str, series: dict[str, dict[str, float]], ylabel: str = "") -> str:
+def bar_chart(path: str, title: str, series: dict[str, dict[str, float]], ylabel: str = "",
+              baselines: dict[str, dict[str, float]] | None = None, chance: dict[str, float] | None = None) -> str:
     """Grouped bars: one group per category (e.g. language), one bar per series (e.g. model,
-    random-init, majority)."""
+    random-init, majority). `baselines` (series -> category -> value) marks each bar's own
+    reference, e.g. that arm's random-init score, as a black tick across it; `chance`
+    (category -> value) a dashed red line across the whole group."""
     categories = sorted({c for values in series.values() for c in values})
     figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(categories) * max(len(series), 1)), 4))
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(categories))
+    labelled = set()
+
+    def once(label):   # each reference kind in the legend once
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for i, (name, values) in enumerate(series.items()):
-        heights = [values.get(c, np.nan) for c in categories]
-        axes.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+        centres = x + (i - (len(series) - 1) / 2) * width
+        axes.bar(centres, [values.get(c, np.nan) for c in categories], width, label=name)
+        own = (baselines or {}).get(name, {})
+        for centre, category in zip(centres, categories):
+            if category in own:
+                axes.hlines(own[category], centre - width / 2, centre + width / 2, colors="black", linewidth=2,
+                            label=once("random init"))
+    for position, category in zip(x, categories):
+        if chance and category in chance:
+            axes.hlines(chance[category], position - 0.45, position + 0.45, colors="red", linestyles="dashed",
+                        label=once("chance"))
     axes.set_xticks(x, categories, rotation=60 if len(categories) > 12 else 0)
     axes.set_title(title)
     axes.set_ylabel(ylabel)
-    if len(series) > 1:
-        axes.legend()
+    if len(series) > 1 or labelled:
+        axes.legend(fontsize="small")
     return _save(figure, path)
 
 

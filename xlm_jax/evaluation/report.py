@@ -32,15 +32,14 @@ def _metrics(per_language: dict) -> list[str]:
 def _language_table(record: dict) -> list[str]:
     per_language = record["per_language"]
     baseline = (record.get("random_init") or {}).get("per_language", {})
-    majority = record.get("majority") or {}
+    references = [(label, record.get(key) or {}) for key, label in (("majority", "majority"), ("chance", "chance"))]
     metrics = _metrics(per_language)
     header = ["language"]
     for metric in metrics:
         header.append(metric)
         if baseline:
             header.append(f"{metric} (random init)")
-        if any(metric in m for m in majority.values()):
-            header.append(f"{metric} (majority)")
+        header += [f"{metric} ({label})" for label, values in references if any(metric in m for m in values.values())]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for language, values in per_language.items():
         name = f"{language} (source)" if language == record.get("source_language") else language
@@ -49,8 +48,8 @@ def _language_table(record: dict) -> list[str]:
             row.append(_format(values.get(metric)))
             if baseline:
                 row.append(_format(baseline.get(language, {}).get(metric)))
-            if any(metric in m for m in majority.values()):
-                row.append(_format(majority.get(language, {}).get(metric)))
+            row += [_format(reference.get(language, {}).get(metric)) for _, reference in references
+                    if any(metric in m for m in reference.values())]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -88,8 +87,10 @@ def language_charts(directory: str, name: str, record: dict) -> list[str]:
         majority = {lang: v[metric] for lang, v in (record.get("majority") or {}).items() if metric in v}
         if majority:
             series["majority class"] = majority
+        chance = {lang: v[metric] for lang, v in (record.get("chance") or {}).items() if metric in v}
         filename = f"{name}_{metric}.png".replace("/", "_")
-        plots.bar_chart(os.path.join(directory, filename), f"{name}: {metric}", series, ylabel=metric)
+        plots.bar_chart(os.path.join(directory, filename), f"{name}: {metric}", series, ylabel=metric,
+                        chance=chance)
         written.append(filename)
     return written
 

@@ -4,7 +4,8 @@ Nothing is trained: both modes measure how language-neutral the pretrained sente
 vectors are, as XTREME does (Hu et al. 2020, sections 3 and 4).
 
 Sentence vectors: the mean of one layer's token states, padding excluded ("mean"
-pooling, XTREME's choice for both tasks; option `pooling="first"` takes `<s>`), by
+pooling, XTREME's choice for both tasks; option `pooling="first"` takes `<s>`, "inner" the
+mean without the `<s>` and `</s>` around every sentence, as Dufter & Schuetze 2020 pool), by
 default the middle layer (`encoding.middle_layer`: layer 7 of a 12-layer model, 0 being
 the embeddings), L2-normalized. Several layers ("0,2,4") are evaluated in one encoding
 pass; the first one listed gives the headline numbers.
@@ -214,7 +215,7 @@ class Retrieval(Evaluator):
             "mode": "retrieval",   # retrieval (accuracy@1) | mining (margin-based, F1)
             "languages": "",       # Tatoeba: "" = XTREME's present, or "deu,fra"; else one src-tgt per input
             "layer": "middle",     # "middle", an index ("7", "-1") or several ("0,2,4")
-            "pooling": "mean",     # mean (XTREME) | first (<s>)
+            "pooling": "mean",     # mean (XTREME) | first (<s>) | inner (mean between <s> and </s>)
             "max_pairs": 0,        # the first N pairs (mining: gold pairs) of each language; 0 = all
             "k": 4,                # mining: neighbourhood size of the margin
             "distractors": 200,    # mining: unpaired sentences per side and language
@@ -227,7 +228,7 @@ class Retrieval(Evaluator):
         except ConfigError as error:
             raise ConfigError(f"{self.field('data')} / {self.field('languages')}: {error}") from None
         needed = 2 * self.options.distractors + 2
-        small = [f"{s.language} ({len(s.source)} pairs, {s.files[0]})" for s in self._sets
+        small = [f"{s.language} ({len(s.source)} pairs, {s.files[0] if s.files else self.options.data})" for s in self._sets
                  if len(s.source) < needed]
         if self.options.mode == "mining" and small:
             most = (min(len(s.source) for s in self._sets) - 2) // 2
@@ -278,7 +279,9 @@ class Retrieval(Evaluator):
                    "sizes": sizes, "per_layer": {str(layer): per_layer[layer] for layer in layers}}
         if self.options.mode == "mining":
             details["k"] = self.options.k
-        return Result(per_language=per_language, summary=summary, details=details,
+        chance = {} if self.options.mode == "mining" else {   # the gold among n candidates by luck
+            lang: {metric: 1.0 / sizes[lang]["pairs"] for metric in values} for lang, values in per_language.items()}
+        return Result(per_language=per_language, summary=summary, details=details, chance=chance,
                       data_files=[f for s in self._sets for f in s.files],
                       artifacts=self._plot_layers(context, per_layer))
 

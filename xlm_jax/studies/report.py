@@ -35,6 +35,17 @@ def headline_values(record: dict, headline: list, random_init: bool = False) -> 
     return {language: values[language]} if language in values else {}
 
 
+def chance_values(results: dict, headline: list) -> dict[str, float]:
+    """What a random guess scores on a headline column's languages (retrieval: 1 / pairs), from the
+    first arm that recorded it."""
+    for entry in results["arms"].values():
+        record = entry["evals"].get(headline[0], {})
+        values = headline_values({**record, "per_language": record.get("chance", {})}, headline)
+        if values:
+            return values
+    return {}
+
+
 def _label(headline: list) -> str:
     evaluator, metric, direction = headline[:3]
     return f"{evaluator} {metric}{f' [{headline[3]}]' if len(headline) > 3 else ''} ({direction})"
@@ -79,6 +90,9 @@ def markdown(results: dict, figures: list[str]) -> str:
             cells.append(_cell(model) + ("" if math.isnan(baseline) else f" ({_cell(baseline)})"))
         lines.append(f"| {arm} | {entry['description']} | {entry['start_from'] or 'scratch'} | {entry['steps']} | "
                      f"{_cell(final_loss(entry['train_loss']))} | " + " | ".join(cells) + " |")
+    chance = [mean_of(chance_values(results, column)) for column in headline]
+    if not all(math.isnan(value) for value in chance):
+        lines.append("| chance | a random guess | | | | " + " | ".join(_cell(value) for value in chance) + " |")
     if results["findings"]:
         lines += ["", "## The paper's findings against this study", "", "| the paper | measured here | verdict |",
                   "|---|---|---|"]
@@ -108,12 +122,16 @@ def charts(results: dict, directory: str) -> list[str]:
     """Bars per language (one bar per arm) for each headline metric, and the training-loss curves."""
     files = []
     for evaluator, metric, direction in _metric_tables(results["headline"]):
-        series = {arm: per_language(entry["evals"].get(evaluator, {}), metric)
-                  for arm, entry in results["arms"].items()}
+        records = {arm: entry["evals"].get(evaluator, {}) for arm, entry in results["arms"].items()}
+        series = {arm: per_language(record, metric) for arm, record in records.items()}
         if any(series.values()):
             name = f"{evaluator}_{metric}.png"
+            baselines = {arm: per_language(record, metric, random_init=True) for arm, record in records.items()}
+            chance = {lang: value for record in records.values()
+                      for lang, value in per_language({"per_language": record.get("chance", {})}, metric).items()}
             plots.bar_chart(os.path.join(directory, name), f"{evaluator}: {metric} ({direction} is better)",
-                            {arm: values for arm, values in series.items() if values}, metric)
+                            {arm: values for arm, values in series.items() if values}, metric,
+                            baselines=baselines, chance=chance)
             files.append(name)
     curves = {arm: ([s for s, _ in entry["train_loss"]], [loss for _, loss in entry["train_loss"]])
               for arm, entry in results["arms"].items() if entry["train_loss"]}
