@@ -13,6 +13,12 @@ XLM's inverse-sqrt schedule after 4,000 warmup updates (XLM's default). The voca
 95k BPE (SentencePiece BPE here). XLM's global batch depends on its GPU count, which our
 references do not give: 2048 streams per objective here, 64 per device on 32 devices.
 Parallel data: `<src>-<tgt>.tsv` files in data.corpus_dir / data.files, or TFDS pair splits.
+
+At small scale MLM + TLM do not make mean-pooled sentence vectors retrieve translations better
+than random weights (the objective study, docs/alignment.md); XLM's claim is transfer after
+fine-tuning at this scale, which the recipe keeps as the paper has it. For sentence vectors
+that align, add the in-batch contrast of configs/demo_align.py (objectives.xlco with
+xlco.key_encoder=shared, xlco.pooling=mean).
 """
 from xlm_jax.config import default_config
 from xlm_jax.evaluation.suites import xtreme_suite

@@ -59,17 +59,24 @@ def test_lowres_arms_add_one_step_each_from_the_base():
     assert configs["synthetic"].data.synthetic_ratio == 0.3 and not configs["balanced"].data.synthetic_pairs
 
 
-def test_the_objective_study_arms_share_model_data_and_sequences_per_update():
+def test_the_objective_study_arms_share_model_data_and_tokens_per_update():
     configs = configs_of("objectives", "small")
     trained = {arm: sorted(o.name for o in build_objectives(config)) for arm, config in configs.items()}
-    assert trained == {"mlm": ["mlm"], "mlm_tlm": ["mlm", "tlm"], "mlm_tlm_xlco": ["mlm", "tlm", "xlco"],
-                       "mlm_adversarial": ["adversarial", "mlm"]}
+    assert trained == {"mlm": ["mlm"], "mlm_tlm": ["mlm", "tlm"], "infoxlm": ["mlm", "tlm", "xlco"],
+                       "contrastive": ["xlco"], "labse": ["xlco"], "mlm_contrastive": ["mlm", "xlco"]}
     for config in configs.values():
         assert config.model.to_dict() == configs["mlm"].model.to_dict()
-        assert config.train.num_steps == 1000 and config.data.languages == configs["mlm"].data.languages
-        sequences = sum(spec.batch_size * (2 if spec.kind == "pairs" else 1) for spec in streams(build_objectives(config)))
-        assert sequences == 32
-        assert config.evals.tatoeba_first.pooling == "first" and config.evals.tatoeba_first.layer == "2"
+        assert config.train.num_steps == 300 and config.data.languages == configs["mlm"].data.languages
+        tokens = sum(spec.batch_size * (2 if spec.kind == "pairs" else 1) * config.data.seq_len
+                     for spec in streams(build_objectives(config)))
+        assert tokens == 4096                      # one budget: input tokens per update, padding included
+        assert config.evals.tatoeba_first.pooling == "first" and config.evals.tatoeba_first.layer == "2,3"
+    xlco = {arm: configs[arm].xlco for arm in ("infoxlm", "contrastive", "labse", "mlm_contrastive")}
+    assert xlco["infoxlm"].key_encoder == "momentum" and xlco["infoxlm"].momentum == 0.9999
+    assert (xlco["infoxlm"].pooling, xlco["infoxlm"].temperature, xlco["infoxlm"].normalize) == ("cls", 0.25, False)
+    assert (xlco["contrastive"].key_encoder, xlco["contrastive"].pooling, xlco["contrastive"].layer) == ("shared", "mean", 2)
+    assert (xlco["labse"].pooling, xlco["labse"].layer, xlco["labse"].margin) == ("cls", 3, 0.3)
+    assert xlco["mlm_contrastive"].pooling == "mean" and configs["mlm_contrastive"].objectives.mlm == 1.0
 
 
 @pytest.mark.parametrize("name, arm", [("emerging", "sep_bottom2"), ("bytes", "bytes_en")])

@@ -14,6 +14,11 @@ from xlm_jax.evaluation.evaluator import evaluator_options
 
 DATA = os.environ.get("XLM_JAX_EVAL_DATA", "../shared/data")
 DEMO_TATOEBA = "deu,fra,spa,ita,por,nld,rus,pol,tur,ell,ara,cmn"   # 12 languages the demo corpus has
+# The built-in corpus's names of the same 12 languages, and English
+DEMO_LANGUAGES = "en,de,fr,es,it,pt,nl,ru,pl,tr,el,ar,zh_CN"
+# NTREX-128 (news, ../shared/data/ntrex) in the 8 of them it has: its file codes and the pairs' names
+NTREX_FILES = {"deu": "deu", "fra": "fra", "spa": "spa", "rus": "rus", "tur": "tur", "ell": "ell", "arb": "arb",
+               "zho_CN": "zho-CN"}
 XNLI_ALL = ""   # the 15 XNLI languages
 
 
@@ -40,6 +45,27 @@ def demo_suite(data: str = DATA, mlm_every_steps: int = 150) -> ml_collections.C
         "data_transfer": {"kind": "data_transfer", "text": f"{data}/mono/sw.txt", "language": "sw",
                           "sizes": "4000,16000", "steps": 60, "seq_len": 64},
     })
+
+
+def retrieval_suite(data: str = DATA, every_steps: int = 0, heldout_after: int = 5000,
+                    max_pairs: int = 500) -> dict:
+    """Retrieval on three kinds of text for a model of the built-in corpus's DEMO_LANGUAGES: held-out
+    in-domain UI strings (the corpus's pairs past the first `heldout_after`, which a run capped
+    there never reads), Tatoeba (everyday sentences) and NTREX (news); accuracy@1 both ways,
+    mean-pooled middle layer, each beside random init. Entries for _suite."""
+    ntrex = ",".join(f"{data}/ntrex/newstest2019-ref.{f}.txt|{data}/ntrex/newstest2019-src.eng.txt"
+                     for f in NTREX_FILES.values())
+    common = {"kind": "retrieval", "max_pairs": max_pairs, "every_steps": every_steps}
+    return {
+        "heldout": {**common, "data": f"builtin-heldout:{heldout_after}", "languages": DEMO_LANGUAGES[3:]},
+        "tatoeba": {**common, "data": f"{data}/tatoeba", "languages": DEMO_TATOEBA},
+        "ntrex": {**common, "data": ntrex, "languages": ",".join(f"{c}-eng" for c in NTREX_FILES)},
+    }
+
+
+def align_suite(data: str = DATA, every_steps: int = 0) -> ml_collections.ConfigDict:
+    """configs/demo_align.py's evaluation: retrieval_suite, at the end of training."""
+    return _suite(retrieval_suite(data, every_steps))
 
 
 def xtreme_suite(data: str = DATA, mlm_every_steps: int = 10_000) -> ml_collections.ConfigDict:
