@@ -59,17 +59,20 @@ def bar_chart(path: str, title: str, series: dict[str, dict[str, float]], ylabel
 
 
 def line_chart(path: str, title: str, series: dict[str, tuple[list, list]], xlabel: str = "",
-               ylabel: str = "", log_x: bool = False) -> str:
-    """One line per series: name -> (xs, ys)."""
+               ylabel: str = "", log_x: bool = False, levels: dict[str, float] | None = None) -> str:
+    """One line per series: name -> (xs, ys); `levels` (label -> value) are dashed horizontal
+    references across the plot, e.g. chance."""
     figure, axes = plt.subplots(figsize=(6.5, 4))
     for name, (xs, ys) in series.items():
         axes.plot(xs, ys, marker="o", label=name)
+    for label, value in (levels or {}).items():
+        axes.axhline(value, color="red", linestyle="dashed", label=label)
     if log_x:
         axes.set_xscale("log")
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    if len(series) > 1:
+    if len(series) > 1 or levels:
         axes.legend()
     axes.grid(alpha=0.3)
     return _save(figure, path)

@@ -344,6 +344,8 @@ class Retrieval(Evaluator):
         if len(languages) <= 8:
             series.update({lang: (layers, values) for lang, values in curve.items()})
         name = f"{self.name}_{metric}_by_layer.png"
+        levels = {} if self.options.mode == "mining" else {   # retrieval's chance: 1 / pairs, averaged
+            "chance": float(np.mean([1 / len(s.source[:self.options.max_pairs or None]) for s in self._sets]))}
         plots.line_chart(os.path.join(context.artifacts_dir, name), f"{self.name}: {metric} by layer", series,
-                         xlabel="layer (0 = embeddings)", ylabel=metric)
+                         xlabel="layer (0 = embeddings)", ylabel=metric, levels=levels)
         return [name]
