@@ -49,12 +49,20 @@ def run_steps(setup, state, batches):
     return state, history
 
 
+# The fixture's [CLS] vectors are nearly one vector (mean cosine 0.9998), so the spread summed over
+# microbatches is a float32 difference of near-equal sums: exact in algebra, to ~1e-4 in float32.
+RELATIVE_TOLERANCE = {"xlco/vector_std": 1e-3}
+
+
 def assert_same_steps(history, base_history, learning_rate):
-    """Every metric of every step to rel 1e-5; params and XLCo's state after the last step close."""
+    """Every metric of every step to rel 1e-5 (but RELATIVE_TOLERANCE); params and XLCo's state
+    after the last step close."""
     for (_, metrics, _), (_, base, _) in zip(history, base_history):
         assert set(metrics) == set(base)
         for key, value in base.items():
-            assert float(metrics[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+            tolerance = RELATIVE_TOLERANCE.get(key, 1e-5)
+            assert float(metrics[key]) == pytest.approx(float(value), rel=tolerance, abs=1e-6), (
+                key, float(metrics[key]), float(value))
     state, base_state = history[-1][2], base_history[-1][2]
     assert_updated_params_close(state.params, base_state.params, learning_rate)
     if "xlco" in base_state.extra:   # the same keys in the same slots; the key encoder moved alike
