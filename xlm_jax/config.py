@@ -7,7 +7,7 @@ hour later inside XLA.
 """
 import ml_collections
 
-from xlm_jax.data.language_ranges import base_vocab_size
+from xlm_jax.data.language_ranges import check_config as check_language_id_ranges
 from xlm_jax.data.sampling import check_caps_and_floors, parse_language_probs
 from xlm_jax.data.sources import BAD_LINE_POLICIES, parse_files_spec
 from xlm_jax.data.streams import PAIR_KINDS
@@ -44,6 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.num_languages = 0          # > 0 adds XLM-style language embeddings (off for XLM-R)
     m.language_specific_layers = 0   # the bottom k layers get one copy per language (needs num_languages);
                                  # the top num_layers - k stay shared (Wu, Conneau et al. 2020)
+    m.language_specific_positions = False   # True: a position table per language (needs num_languages;
+                                 # Dufter & Schuetze 2020's "lang-pos")
     m.position_offset = 2        # fairseq: positions start at pad_token_id + 1; BERT: 0
     m.pooler = False             # BERT-style pooler (dense + tanh on the first token); kept, not trained, by MLM
     m.pad_token_id = 1
@@ -82,6 +84,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.mask_prob = 0.15
     d.mask_token_prob = 0.8      # of the chosen tokens: 80% <mask>,
     d.random_token_prob = 0.1    # 10% a random token, the rest unchanged
+    d.random_token_language = "same"   # with language_id_ranges, a random token is of the replaced token's
+                                 # language ("same") or of any language ("any": Dufter & Schuetze 2020)
     d.whole_word_mask = False    # choose whole words ('▁' starts; fairseq --mask-whole-words), 80/10/10 per word
     d.mask_sample_alpha = 0.0    # > 0: choose tokens with weight count^-alpha (XLM --sample_alpha); 0 = uniform
     d.languages = ""             # "en,de,fr": train on these languages of the sources only ("" = all);
@@ -96,6 +100,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.language_id_ranges = False  # True: no shared vocabulary (Wu, Conneau et al. 2020): each language's text gets
                                  # ids of its own (the specials stay shared), model.vocab_size = 5 + L x P with P
                                  # the ids per language (bytes: 256); runs from scratch only
+    d.shared_specials = True     # with language_id_ranges, False: each language its own <s> </s> <unk> <mask>
+                                 # (<pad> stays shared), model.vocab_size = 1 + L x (P + 4)
     d.tokenizer_sentences = 300_000    # SentencePiece input_sentence_size
     d.character_coverage = 0.9995
     d.byte_fallback = True
@@ -276,6 +282,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive(config, field, allow_zero=True)
     check_attention_dropout(m)
     check_language_specific_layers(config)
+    _require(isinstance(m.language_specific_positions, bool), "model.language_specific_positions",
+             f"got {m.language_specific_positions!r}; must be True or False")
+    _require(not m.language_specific_positions or m.num_languages > 0, "model.language_specific_positions",
+             "got True, but model.num_languages=0: a token's position table is chosen by the language ids a "
+             "model with language embeddings reads; set --config.model.num_languages to the corpus's number "
+             "of languages, or language_specific_positions=False")
+    _require(not m.language_specific_positions or not config.init_from, "model.language_specific_positions",
+             f"got True with init_from={config.init_from!r}: a transformers model has one position table; start "
+             "from scratch, or set language_specific_positions=False")
 
     _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
@@ -290,7 +305,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
     _require(type(m.vocab_pad_multiple) is int and m.vocab_pad_multiple > 0, "model.vocab_pad_multiple",
              f"got {m.vocab_pad_multiple!r}; must be a positive int (1 = no padding)")
-    _check_language_id_ranges(config)
+    check_language_id_ranges(config)
     _require(d.tokenizer != "bytes" or config.init_from or d.language_id_ranges or m.vocab_size == BYTE_VOCAB_SIZE,
              "model.vocab_size",
              f"got {m.vocab_size}, but data.tokenizer=\"bytes\" has {BYTE_VOCAB_SIZE} ids (4 specials, 256 "
@@ -345,29 +360,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
              "section is missing (start from xlm_jax.config.default_config())")
     check_objectives(config)
-    check_synthetic_pairs(d, any(spec.kind in PAIR_KINDS for spec in streams(build_objectives(config))))
+    pair_streams = any(spec.kind in PAIR_KINDS for spec in streams(build_objectives(config)))
+    check_synthetic_pairs(d, pair_streams)
+    _require(d.shared_specials or not pair_streams, "data.shared_specials",
+             "got False, but an objective reads translation pairs (TLM, XLCo), whose layouts put one <s> and "
+             "</s> around both languages; train those with shared specials, or MLM alone")
     _check_steps_per_call(config)
     return config
-
-
-def _check_language_id_ranges(config) -> None:
-    """Per-language ids split model.vocab_size over a tokenizer the run trains itself; the split is
-    checked here when data.languages names the languages, else once the corpus is read."""
-    d = config.data
-    _require(isinstance(d.language_id_ranges, bool), "data.language_id_ranges",
-             f"got {d.language_id_ranges!r}; must be True or False")
-    if not d.language_id_ranges:
-        return
-    _require(not config.init_from and not d.extend_vocab_pieces, "data.language_id_ranges",
-             f"got True with init_from={config.init_from!r}, data.extend_vocab_pieces={d.extend_vocab_pieces}: "
-             "per-language id ranges need a tokenizer the run trains from scratch, but an imported model "
-             "brings its shared vocabulary; drop those, or set --config.data.language_id_ranges=False")
-    _require(d.tokenizer != "bytes" or (config.model.vocab_size - 5) % 256 == 0, "model.vocab_size",
-             f"got {config.model.vocab_size}, but data.tokenizer=\"bytes\" with data.language_id_ranges has "
-             "5 + L x 256 ids for L languages (517 for 2, 773 for 3)")
-    languages = [x.strip() for x in d.languages.split(",") if x.strip()]
-    if languages:
-        base_vocab_size(config.model.vocab_size, d.tokenizer, sorted(set(languages)))
 
 
 def _multiples_near(value: int, k: int) -> str:

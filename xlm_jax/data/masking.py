@@ -65,7 +65,8 @@ def sample_weights(counts: np.ndarray, alpha: float, special_ids=()) -> np.ndarr
 def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id: int, special_ids,
                  mask_prob: float, mask_token_prob: float, random_token_prob: float,
                  num_predictions: int, word_start: np.ndarray | None = None,
-                 token_weights: np.ndarray | None = None, language_range_size: int = 0) -> dict:
+                 token_weights: np.ndarray | None = None, language_range_size: int = 0,
+                 random_ids: tuple[int, int] | None = None, mask_ids: np.ndarray | None = None) -> dict:
     """Corrupts one block [S] and lists its prediction targets in num_predictions padded slots.
 
     Default: n = min(num_predictions, floor(mask_prob * maskable + u)), u ~ U[0, 1) (fairseq's
@@ -83,10 +84,14 @@ def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id
     without replacement with probability proportional to token_weights[token] (Gumbel top-k;
     the same law as XLM's np.random.choice(p=..., replace=False)); weight-0 ids are never chosen.
 
-    Random replacements are uniform over the ordinary ids 4 .. vocab_size - 2; with
-    language_range_size P > 0 (data.language_id_ranges: language i owns ids 4 + i*P .. 4 + (i+1)*P - 1),
-    over the range of the token replaced, so no other language's id leaks in (a TLM pair's
-    sides each keep their own).
+    Random replacements are uniform over the ordinary ids 4 .. vocab_size - 2, or over
+    [random_ids[0], random_ids[1]) when given (language ranges whose own specials follow <mask>);
+    with language_range_size P > 0 (data.language_id_ranges: language i owns ids
+    4 + i*P .. 4 + (i+1)*P - 1), over the range of the token replaced, so no other language's id
+    leaks in (a TLM pair's sides each keep their own).
+
+    mask_ids (int [vocab], data.shared_specials=False): the <mask> of each id's language, so a
+    token is masked by its own language's <mask>; None: mask_id for every token.
     """
     if word_start is not None and token_weights is not None:
         raise ValueError("whole-word masking and frequency-weighted choice cannot be combined; pick one")
@@ -129,8 +134,10 @@ def mask_example(tokens: tf.Tensor, seed: tf.Tensor, *, vocab_size: int, mask_id
         random_tokens = range_start + tf.random.stateless_uniform([length], random_seed, minval=0,
                                                                   maxval=language_range_size, dtype=tf.int32)
     else:
-        random_tokens = tf.random.stateless_uniform([length], random_seed, minval=4, maxval=vocab_size - 1,
-                                                    dtype=tf.int32)
+        first, end = random_ids or (4, vocab_size - 1)
+        random_tokens = tf.random.stateless_uniform([length], random_seed, minval=first, maxval=end, dtype=tf.int32)
+    if mask_ids is not None:
+        mask_id = tf.gather(tf.constant(np.asarray(mask_ids, np.int32)), tokens)
     corrupted = tf.where(action < mask_token_prob, mask_id,
                          tf.where(action < mask_token_prob + random_token_prob, random_tokens, tokens))
     return {

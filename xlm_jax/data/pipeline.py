@@ -35,8 +35,12 @@ def _masker(data: PretrainData, config) -> Callable[[tf.Tensor, tf.Tensor], dict
                     special_ids=tokenizer.special_ids, mask_prob=d.mask_prob, mask_token_prob=d.mask_token_prob,
                     random_token_prob=d.random_token_prob,
                     num_predictions=max_predictions(d.seq_len, d.mask_prob, d.whole_word_mask))
-    if tokenizer.languages:   # data.language_id_ranges: a random replacement stays in its token's language
-        settings["language_range_size"] = tokenizer.range_size
+    if tokenizer.languages:   # data.language_id_ranges
+        if d.random_token_language == "same":   # a random replacement stays in its token's language
+            settings["language_range_size"] = tokenizer.range_size
+        settings["random_ids"] = tokenizer.ordinary_ids
+        if not tokenizer.shared_specials:   # each language's tokens masked by its own <mask>
+            settings["mask_ids"] = tokenizer.own_mask_ids()
     if d.whole_word_mask:
         settings["word_start"] = word_start_table(tokenizer)
     if d.mask_sample_alpha:   # XLM: weights from the token counts of the training text, all shards

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from xlm_jax.data.examples import pack_text
-from xlm_jax.data.language_ranges import LanguageRangeTokenizer, base_vocab_size
+from xlm_jax.data.language_ranges import LanguageRangeTokenizer, base_vocab_size, vocab_rule
 from xlm_jax.data.masking import token_counts
 from xlm_jax.data.sampling import language_probs, sampling_table, temperature_probs
 from xlm_jax.data.synthetic import mix_table, synthetic_fractions
@@ -95,7 +95,8 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)
 
     def pack(lang: str, sentences: list[str]) -> np.ndarray:
-        return pack_text(tokenizer.for_language(lang).encode(sentences), d.seq_len, tokenizer, d.packing)
+        own = tokenizer.for_language(lang)   # its ids, and its own <s> </s> with data.shared_specials=False
+        return pack_text(own.encode(sentences), d.seq_len, own, d.packing)
 
     def blocks(lang: str, shards: list[list[str]]) -> list[np.ndarray]:   # a replicated language is packed once
         if lang in text.replicated:
@@ -231,7 +232,7 @@ def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
     d = config.data
     vocab_size = config.model.vocab_size
     if d.language_id_ranges:   # the base is trained as usual, on every language's text, with P + 5 ids
-        vocab_size = base_vocab_size(vocab_size, d.tokenizer, text.languages)
+        vocab_size = base_vocab_size(vocab_size, d.tokenizer, text.languages, d.shared_specials)
     if d.tokenizer == "bytes":   # config.validate (or base_vocab_size) has checked model.vocab_size
         tokenizer = ByteTokenizer()
         log(f"tokenizer: UTF-8 bytes ({tokenizer.vocab_size} ids)")
@@ -240,8 +241,9 @@ def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
         log(f"tokenizer: trained a {tokenizer.vocab_size}-id SentencePiece {d.tokenizer} model on "
             f"{d.tokenizer_sentences:,} sampled sentences")
     if d.language_id_ranges:
-        tokenizer = LanguageRangeTokenizer(tokenizer, text.languages)
-        log(f"tokenizer: each of {', '.join(text.languages)} has its own {tokenizer.range_size} ids "
+        tokenizer = LanguageRangeTokenizer(tokenizer, text.languages, shared_specials=d.shared_specials)
+        specials = "" if d.shared_specials else " and <s> </s> <unk> <mask> (data.shared_specials=False)"
+        log(f"tokenizer: each of {', '.join(text.languages)} has its own {tokenizer.range_size} ids{specials} "
             f"(data.language_id_ranges; {tokenizer.vocab_size} ids in all)")
     if workdir:
         log(f"tokenizer: saved {save_tokenizer(tokenizer, workdir)}")
@@ -262,9 +264,8 @@ def _train_sentencepiece(config, text: CorpusText, probs, vocab_size: int) -> To
             raise
         n = len(text.languages)
         raise DataError(f"data.language_id_ranges: the base SentencePiece model, which each language's range "
-                        f"copies, gets (model.vocab_size - 5) / {n} + 5 = {vocab_size} of model.vocab_size="
-                        f"{config.model.vocab_size} ids (model.vocab_size = 5 + {n} x (base ids - 5)); "
-                        f"for the base: {e}") from None
+                        f"copies, gets P + 5 = {vocab_size} of model.vocab_size={config.model.vocab_size} ids "
+                        f"(model.vocab_size = {vocab_rule(n, d.shared_specials)}); for the base: {e}") from None
 
 
 def _check_language_ranges(config, tokenizer: Tokenizer, path, languages: list[str]) -> None:
@@ -274,6 +275,11 @@ def _check_language_ranges(config, tokenizer: Tokenizer, path, languages: list[s
         raise ConfigError(f"config field `data.language_id_ranges`: got {config.data.language_id_ranges}, but "
                           f"the run's tokenizer {path} {has}; set --config.data.language_id_ranges="
                           f"{bool(tokenizer.languages)} or use a new workdir")
+    if tokenizer.languages and tokenizer.shared_specials != config.data.shared_specials:
+        raise ConfigError(f"config field `data.shared_specials`: got {config.data.shared_specials}, but the run's "
+                          f"tokenizer {path} has {'shared' if tokenizer.shared_specials else 'per-language'} "
+                          f"specials; set --config.data.shared_specials={tokenizer.shared_specials} or use a new "
+                          "workdir")
     if tokenizer.languages and tuple(tokenizer.languages) != tuple(languages):
         raise DataError(f"the run's tokenizer {path} has id ranges for {', '.join(tokenizer.languages)}, but the "
                         f"corpus has {', '.join(languages)}; train on the corpus it was made for, or use a new "

@@ -11,8 +11,9 @@ that is its only Chinese).
 
 Text of a run language is tokenized by `tokenizer.for_language(name)` and fed with that
 language's id. A model whose tokenizer gives each language its own ids
-(data.language_id_ranges) or that has per-language layers (model.language_specific_layers)
-cannot encode a language the run did not have: the evaluation refuses it before it starts.
+(data.language_id_ranges) or that has per-language layers or positions
+(model.language_specific_layers, model.language_specific_positions) cannot encode a language
+the run did not have: the evaluation refuses it before it starts.
 Any other model encodes such a language as every model did before runs recorded their
 languages: the shared tokenizer and language id 0; a model without language embeddings or
 id ranges encodes every language so (its vectors do not depend on the language).
@@ -82,8 +83,9 @@ def resolve_language(code: str, run_languages) -> tuple[str, int] | None:
 
 
 def per_language_model(model_config, tokenizer) -> bool:
-    """Whether the model needs to know each token's language: per-language token ids or layers."""
-    return bool(tokenizer.languages) or model_config.language_specific_layers > 0
+    """Whether the model needs to know each token's language: per-language token ids, layers or positions."""
+    return (bool(tokenizer.languages) or model_config.language_specific_layers > 0
+            or model_config.language_specific_positions)
 
 
 def uses_languages(model_config, tokenizer) -> bool:
@@ -112,8 +114,8 @@ def language_inputs(subject, language: str | None) -> LanguageInputs:
         known = ", ".join(subject.languages) or "none recorded: no languages.json in its run directory"
         what = f"language {language!r} is not" if language is not None else "text of no named language is not"
         raise DataError(f"{what} one of the model's languages ({known}); a model with per-language token "
-                        "ids (data.language_id_ranges) or layers (model.language_specific_layers) encodes "
-                        "only those: name the text's language")
+                        "ids (data.language_id_ranges), layers or positions (model.language_specific_layers, "
+                        "model.language_specific_positions) encodes only those: name the text's language")
     return LanguageInputs(subject.tokenizer, 0)
 
 

@@ -82,9 +82,12 @@ class PseudoLikelihood:
     def _put(self, array: np.ndarray):
         return jax.make_array_from_callback(array.shape, self.rows_sharding, lambda index: array[index])
 
-    def __call__(self, params, rows: list[np.ndarray], language_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, params, rows: list[np.ndarray], language_id: int = 0,
+                 mask_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per sentence: PLL, argmax hits and the number of scored tokens, as float64 [N] arrays;
-        rows of language `language_id`."""
+        rows of language `language_id`, masked by `mask_id` (default: the tokenizer's; a language
+        with its own <mask>, data.shared_specials=False, passes that)."""
+        mask_id = self.tokenizer.mask_id if mask_id is None else mask_id
         sentence, position, target = masked_copies(rows, self.tokenizer.special_ids)
         lengths = np.array([len(rows[i]) for i in sentence], np.int64)
         order = np.argsort(lengths, kind="stable")
@@ -99,7 +102,7 @@ class PseudoLikelihood:
             for j, copy in enumerate(chosen):
                 row = rows[sentence[copy]]
                 ids[j, :len(row)] = row
-                ids[j, position[copy]] = self.tokenizer.mask_id
+                ids[j, position[copy]] = mask_id
             positions[:len(chosen)], targets[:len(chosen)] = position[chosen], target[chosen]
             pending.append((chosen, self._score_fn(params, self._put(ids), self._put(positions), self._put(targets),
                                                    np.int32(language_id))))
@@ -171,7 +174,7 @@ class PseudoPerplexity(Evaluator):
             context.log(f"{self.name}: {language}: scoring {len(lines)} sentences token by token")
             inputs = context.inputs(language)
             rows = token_rows(inputs.tokenizer, lines, self.options.max_len)
-            pll, hits, counts = scorer(subject.params, rows, inputs.language_id)
+            pll, hits, counts = scorer(subject.params, rows, inputs.language_id, inputs.tokenizer.mask_id)
             tokens = max(counts.sum(), 1.0)
             scored = [inputs.tokenizer.decode(row) for row in rows]   # the text scored, after truncation
             characters, words = max(sum(map(len, scored)), 1), max(sum(len(t.split()) for t in scored), 1)

@@ -7,7 +7,7 @@ import ml_collections
 
 from xlm_jax.errors import ConfigError
 from xlm_jax.evaluation import (  # noqa: F401  (each module registers its kinds)
-    alignment, classification, data_transfer, heldout_mlm, perplexity, retrieval, tagging)
+    alignment, classification, data_transfer, heldout_mlm, perplexity, retrieval, tagging, word_translation)
 from xlm_jax.evaluation.evaluator import COMMON_OPTIONS, EVALUATORS, Evaluator
 
 

@@ -306,6 +306,10 @@ def hf_config(m) -> dict:
         raise ConfigError(f"config field `model.language_specific_layers`: got {m.language_specific_layers}, "
                           "but transformers' XLM-R / BERT have one copy of every layer, not one per "
                           "language; only a model with language_specific_layers=0 can be exported")
+    if m.language_specific_positions:
+        raise ConfigError("config field `model.language_specific_positions`: got True, but transformers' XLM-R / "
+                          "BERT have one position table, not one per language; only a model with "
+                          "language_specific_positions=False can be exported")
     if m.num_languages:
         raise ConfigError("config field `model.num_languages`: XLM-style language embeddings have no "
                           "transformers XLM-R / BERT equivalent; export needs num_languages=0")

@@ -6,6 +6,8 @@ with depth and every per-layer weight carries a leading `layers` axis. With
 model.language_specific_layers = k, the bottom k blocks have one copy per language
 (`language_layers`, weights [k, languages, ...]) and the top num_layers - k are shared
 (`layers`); k = 0 is XLM-R, whose params and outputs are exactly those of transformers.
+With model.language_specific_positions, each language has its own position embeddings
+(Dufter & Schuetze 2020's "lang-pos"): the table holds one block of rows per language.
 Every parameter names its logical axes (see xlm_jax/parallel/rules.py).
 """
 import functools
@@ -146,8 +148,10 @@ class Embeddings(nn.Module):
             padded_vocab_size(c), c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
             embedding_init=param_with_axes(zero_rows_from(dense_init(c), c.vocab_size),
                                            ("vocab", "embed")))
+        # model.language_specific_positions: one table of positions per language, stacked in rows
+        tables = c.num_languages if c.language_specific_positions else 1
         self.position_embeddings = nn.Embed(
-            c.max_len + c.position_offset, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+            tables * (c.max_len + c.position_offset), c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
             embedding_init=param_with_axes(dense_init(c), (None, "embed")))
         self.token_type_embeddings = nn.Embed(
             c.type_vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
@@ -169,6 +173,11 @@ class Embeddings(nn.Module):
                 position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        if c.language_specific_positions:   # language i reads rows i * (max_len + offset) ...
+            if language_ids is None:
+                raise ValueError("this model has a position table per language "
+                                 "(model.language_specific_positions): pass language_ids")
+            position_ids = position_ids + language_ids * (c.max_len + c.position_offset)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))
         if c.num_languages:
