@@ -183,6 +183,13 @@ def parse_layer_spec(spec: str) -> list:
     return [item if item == "middle" else int(item) for item in items]
 
 
+def layers_of(spec: str, num_layers: int) -> tuple[int, ...]:
+    """A layer option (parse_layer_spec) resolved for a model of `num_layers`: distinct indices,
+    the first (the headline) first. ValueError when an index does not exist."""
+    items = [middle_layer(num_layers) if item == "middle" else item for item in parse_layer_spec(spec)]
+    return tuple(dict.fromkeys(resolve_layers(tuple(items), num_layers)))
+
+
 # ---------------------------------------------------------------- the evaluator
 
 
@@ -256,10 +263,8 @@ class Retrieval(Evaluator):
                               "'a.de|b.en' file pairs or <src>-<tgt>.tsv files")
 
     def _layers(self, num_layers: int) -> tuple[int, ...]:
-        items = [middle_layer(num_layers) if item == "middle" else item
-                 for item in parse_layer_spec(self.options.layer)]
         try:
-            return tuple(dict.fromkeys(resolve_layers(tuple(items), num_layers)))
+            return layers_of(self.options.layer, num_layers)
         except ValueError as error:
             raise ConfigError(f"{self.field('layer')}: {error}") from None
 

@@ -20,9 +20,8 @@ import numpy as np
 
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import plots
-from xlm_jax.evaluation.encoding import middle_layer, resolve_layers
 from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
-from xlm_jax.evaluation.retrieval import headline, parse_layer_spec, retrieval_accuracy
+from xlm_jax.evaluation.retrieval import headline, layers_of, parse_layer_spec, retrieval_accuracy
 
 DIRECTIONS = {"acc_xx_to_en": "p1_xx_to_en", "acc_en_to_xx": "p1_en_to_xx"}   # retrieval's names -> ours
 
@@ -69,10 +68,8 @@ class WordTranslation(Evaluator):
         return list(self.pair())
 
     def _layers(self, num_layers: int) -> tuple[int, ...]:
-        items = [middle_layer(num_layers) if item == "middle" else item
-                 for item in parse_layer_spec(self.options.layer)]
         try:
-            return tuple(dict.fromkeys(resolve_layers(tuple(items), num_layers)))
+            return layers_of(self.options.layer, num_layers)
         except ValueError as error:
             raise ConfigError(f"config field `{self.field('layer')}`: {error}") from None
 
