@@ -32,8 +32,7 @@ from xlm_jax.studies.study import Arm, Study, study_config
 FAKE = "qfe"
 PRESETS = {
     # 4 layers, not 12, and 1,500 updates of 64 x 32 tokens (~160 epochs of the 500 lines in each
-    # language; the paper's 100): 40 CPU-minutes for all arms together (2 cores: about 20-30 minutes
-    # quiet, 51 loaded; docs/studies/lab/report.md).
+    # language; the paper's 100): 27 minutes on 2 quiet cores (51 loaded; docs/studies/lab/report.md).
     "small": {"lines": 500, "heldout": 500, "layers": 4, "pieces": 300, "steps": 1500, "batch": 64,
               "seq_len": 32, "packing": "stream", "dropout": 0.0, "schedule": "constant", "wide": 128,
               "wide_lr": 2e-3},
