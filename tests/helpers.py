@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.evaluation.heldout_mlm import masked_lm_loss_step
 from xlm_jax.models.masked_lm import MaskedLM
-from xlm_jax.parallel.mesh import batch_sharding, make_mesh
+from xlm_jax.modes.prepare import validate
+from xlm_jax.objectives.registry import build_objectives, streams
+from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
-from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import create_train_state, state_shardings, train_state_from_params
-from xlm_jax.objectives.registry import build_objectives
-from xlm_jax.train.step import TrainStep, make_eval_step
+from xlm_jax.train.builder import build_trainer
 
 PAD, BOS, EOS = 1, 0, 2
 FIRST_REGULAR_ID = 4
@@ -222,52 +222,44 @@ def np_forward(params, ids, mc, attention_mask=None, token_type_ids=None, langua
     return logits, np.stack(hidden)
 
 
+def objective_streams(config):
+    """The data streams of the config's objectives (MLM alone by default): what a run reads."""
+    return streams(build_objectives(config))
+
+
 @dataclasses.dataclass
 class Setup:
-    config: Any
-    mesh: Any
-    rules: Any
-    model: Any
-    optimizer: Any
-    shardings: Any
-    rows: Any
-    step: Any
-    objectives: Any
+    """The framework's trainer (train/builder.py) with what the tests do with it."""
+    trainer: Any
+
+    def __getattr__(self, name):   # config, mesh, rules, model, optimizer, shardings, rows, step, objectives
+        return getattr(self.trainer, name)
 
     def new_state(self):
         """create_train_state: params initialized by the model's own (jitted, sharded) init."""
-        return create_train_state(self.model, self.objectives, self.optimizer, self.config, self.mesh,
-                                  self.rules, self.shardings)
+        return self.trainer.new_state()
 
     def state_from(self, params):
         """A fresh TrainState around given (host) params, placed with the state shardings."""
-        params = jax.tree.map(lambda x: np.array(x, np.float32), params)
-        return train_state_from_params(params, self.optimizer, self.shardings, self.objectives)
+        return self.trainer.state_from_params(jax.tree.map(lambda x: np.array(x, np.float32), params))
 
     def put(self, batch, name: str = "mlm"):
         """{name: the batch on the devices}: what the step reads (a batch of objective `name`)."""
         return {name: jax.device_put({k: np.asarray(v) for k, v in batch.items()}, self.rows)}
 
     def eval_step(self):
-        return make_eval_step(self.model, self.mesh, self.rules, self.shardings.params, self.rows)
+        return masked_lm_loss_step(self.config.model, self.mesh, self.rules, self.shardings.params, self.rows)
 
 
 def train_setup(config, devices=None, layout=(1, 1, 1), rules="fsdp", languages=("de", "en")) -> Setup:
-    """Mesh, rules, model, optimizer, state shardings and the jitted train step of the config's
-    objectives (`languages` size a language discriminator)."""
+    """The trainer of the config's objectives on a mesh of `layout` (`languages` size a
+    language discriminator)."""
     config = config.copy_and_resolve_references()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = layout
     config.mesh.rules = rules
     validate(config)
     devices = jax.devices()[:int(np.prod(layout))] if devices is None else devices
-    mesh = make_mesh(config.mesh, devices)
-    rule_table = logical_axis_rules(rules)
-    model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    objectives = build_objectives(config, languages)
-    _, shardings = state_shardings(model, objectives, optimizer, config, mesh, rule_table)
-    rows = batch_sharding(mesh, rule_table)
-    step = TrainStep(model, objectives, optimizer, config, mesh, rule_table, shardings, rows)
-    return Setup(config, mesh, rule_table, model, optimizer, shardings, rows, step, objectives)
+    return Setup(build_trainer(config, make_mesh(config.mesh, devices), logical_axis_rules(rules), languages))
 
 
 _SETUP_CACHE = {}

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError, XlmJaxError
 
 

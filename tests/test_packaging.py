@@ -64,7 +64,7 @@ def _defines_flags(module: str) -> bool:
 def test_every_module_imports_in_a_fresh_interpreter():
     """The library modules in one interpreter; each command line (absl flags are global) in its own."""
     modules = _modules()
-    assert "xlm_jax.train.loop" in modules and "xlm_jax.benchmarks.train_step" in modules
+    assert "xlm_jax.modes.train" in modules and "xlm_jax.benchmarks.train_step" in modules
     commands = [m for m in modules if _defines_flags(m)]
     assert "xlm_jax.main" in commands
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\nprint('ok')"

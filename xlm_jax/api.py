@@ -18,9 +18,9 @@ from xlm_jax.config import default_config
 from xlm_jax.data.tokenizers import TOKENIZER_FILES, Tokenizer, tokenizer_exists
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation.encoding import SentenceEncoder
-from xlm_jax.evaluation.evaluator import EVALUATORS, Subject
+from xlm_jax.evaluation.evaluator import Subject
 from xlm_jax.evaluation.languages import language_inputs
-from xlm_jax.evaluation.registry import build_evaluators
+from xlm_jax.evaluation.registry import EVALUATORS, build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
 from xlm_jax.evaluation.subjects import checkpoint_subject, imported_subject
 from xlm_jax.interop.hf import export_hf, family_of_config
@@ -28,9 +28,6 @@ from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train.checkpoints import load_config
-
-FINETUNING_KINDS = ("xnli", "pos", "ner")
-
 
 class Model:
     """A MaskedLM's params with its tokenizer, on this process' devices (replicated, `dp`)."""
@@ -86,8 +83,9 @@ class Model:
         `workdir`, the fine-tune checkpoints there and resumes if interrupted."""
         configured = self.config.evals.get(task)
         kind = (configured.get("kind") or task) if configured else task
-        if kind not in FINETUNING_KINDS:
-            raise ConfigError(f"finetune({task!r}): a fine-tuning task is one of {', '.join(FINETUNING_KINDS)} "
+        kinds = [k for k, cls in EVALUATORS.items() if cls.fine_tunes]
+        if not (kind in EVALUATORS and EVALUATORS[kind].fine_tunes):
+            raise ConfigError(f"finetune({task!r}): a fine-tuning task is one of {', '.join(kinds)} "
                               "(or a config.evals entry of one of those kinds); use evaluate() for the others")
         return self.evaluate(task, workdir, log, **options)
 

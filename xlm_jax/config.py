@@ -1,17 +1,17 @@
-"""The config schema: defaults for every field and one up-front validation.
+"""The config schema: every field with its default, and the checks that need no other module.
 
-Recipes in configs/ start from `default_config()` and override what their paper
-says; `validate()` runs before anything is read or compiled, so a typo in
-`--config.model.dtype=bf16` fails in a second with the allowed values, not an
-hour later inside XLA.
+Recipes in configs/ start from `default_config()` and override what their paper says.
+This module imports nothing else of xlm_jax (it is the bottom of the layers,
+docs/architecture.md): a section with code behind it (data sources, objectives,
+evaluators, plan targets) is checked by that code, and xlm_jax/modes/prepare.validate runs
+every check before anything is read or compiled, so a typo in `--config.model.dtype=bf16`
+fails in a second with the allowed values, not an hour later inside XLA.
+
+Why one file: the schema reads as one page, every field beside its default and comment (the
+CLI's error for an unknown field points here), and its checks sit under it.
 """
 import ml_collections
 
-from xlm_jax.data.language_ranges import check_config as check_language_id_ranges
-from xlm_jax.data.sampling import check_caps_and_floors, parse_language_probs
-from xlm_jax.data.sources import BAD_LINE_POLICIES, parse_files_spec
-from xlm_jax.data.streams import PAIR_KINDS
-from xlm_jax.data.synthetic import check_config as check_synthetic_pairs
 from xlm_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
@@ -139,10 +139,44 @@ def default_config() -> ml_collections.ConfigDict:
     c.evals.mlm = {"kind": "mlm", "every_steps": 500, "random_init_baseline": True}
 
     # Pretraining objectives (xlm_jax/objectives): objectives.<name> is a weight (0 = off), the
-    # section <name> its options (batch_size 0 = train.batch_size), objective_schedule how they
-    # mix ("sum": one batch of each per update, InfoXLM; "alternate": one objective per update, XLM).
-    from xlm_jax.objectives.registry import add_defaults   # objectives bring jax and flax
-    add_defaults(c)
+    # section <name> its options (batch_size 0 = train.batch_size; each objective checks its own),
+    # objective_schedule how they mix ("sum": one batch of each per update, InfoXLM; "alternate":
+    # one objective per update, XLM).
+    c.objectives = ml_collections.ConfigDict(
+        {"mlm": 1.0, "tlm": 0.0, "xlco": 0.0, "adversarial": 0.0, "pair_classification": 0.0})
+    c.objective_schedule = "sum"
+    c.mlm = ml_collections.ConfigDict({"batch_size": 0})
+    c.tlm = ml_collections.ConfigDict({
+        "batch_size": 0,
+        "positions": "continuous",    # "continuous" (InfoXLM) or "reset" (XLM): the second sentence's positions
+    })
+    c.xlco = ml_collections.ConfigDict({
+        "batch_size": 0,
+        "layer": 0,                   # the layer whose states are contrasted; 0 = two thirds of the depth
+        "pooling": "cls",             # "cls" (InfoXLM) or "mean" (the masked mean retrieval scores)
+        "key_encoder": "momentum",    # "momentum" (InfoXLM: a copy and a queue) or "shared" (LaBSE: in-batch)
+        "momentum": 0.9999,
+        "queue_size": 131_072,        # momentum encoder's queue of negatives (0 = none)
+        "temperature": 0.25,
+        "margin": 0.0,                # LaBSE's additive margin (needs normalize)
+        "projection": False,          # a trained projection head on the pooled vector
+        "normalize": False,           # cosine instead of dot-product scores
+        "batch_negatives": False,     # momentum encoder: the batch's other keys are negatives too
+        "collapse_std": 0.05,         # warn when the sentence vectors' spread falls below this
+    })
+    c.adversarial = ml_collections.ConfigDict({
+        "batch_size": 0,
+        "share_batch": True,          # read MLM's batch (one forward pass), or a batch of its own
+        "layer": 0,                   # the layer the discriminator reads; 0 = the last
+        "pooling": "mean",
+        "hidden": 0,                  # the discriminator's hidden size; 0 = model.hidden_size
+        "lambda_max": 1.0,            # gradient reversal's scale at the end of its schedule
+        "lambda_schedule": "dann",
+    })
+    c.pair_classification = ml_collections.ConfigDict({
+        "batch_size": 0,
+        "negative_fraction": 0.5,     # pairs whose second sentence is another pair's
+    })
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 500
@@ -188,15 +222,17 @@ def with_defaults(loaded: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return complete
 
 
-def _require(ok: bool, field: str, message: str) -> None:
+def require(ok: bool, field: str, message: str) -> None:
+    """ConfigError naming `field` unless ok: every check of every section says it this way."""
     if not ok:
         raise ConfigError(f"config field `{field}`: {message}")
 
 
-def _one_of(config, field: str, allowed) -> None:
+def one_of(config, field: str, allowed) -> None:
+    """`section.name` of config is one of `allowed`, else ConfigError listing them."""
     section, name = field.split(".")
     value = config[section][name]
-    _require(value in allowed, field, f"got {value!r}; allowed values: {', '.join(map(str, allowed))}")
+    require(value in allowed, field, f"got {value!r}; allowed values: {', '.join(map(str, allowed))}")
 
 
 def _positive(config, field: str, allow_zero: bool = False) -> None:
@@ -204,14 +240,14 @@ def _positive(config, field: str, allow_zero: bool = False) -> None:
     value = config[section][name]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     bound_ok = numeric and (value >= 0 if allow_zero else value > 0)
-    _require(bound_ok, field,
+    require(bound_ok, field,
              f"got {value!r}; must be a {'non-negative' if allow_zero else 'positive'} number")
 
 
 def check_attention_dropout(m: ml_collections.ConfigDict) -> None:
     """The fused attention kernels never materialize the probabilities, so they cannot drop any:
     refuse a rate they would silently ignore (also checked where the model runs)."""
-    _require(m.attention not in FUSED_ATTENTIONS or m.attention_dropout_rate == 0, "model.attention_dropout_rate",
+    require(m.attention not in FUSED_ATTENTIONS or m.attention_dropout_rate == 0, "model.attention_dropout_rate",
              f"got {m.attention_dropout_rate}, but model.attention={m.attention!r} is a fused kernel without "
              "attention dropout; set --config.model.attention_dropout_rate=0 (as recent recipes do; hidden "
              "dropout stays) or keep --config.model.attention=xla")
@@ -222,50 +258,49 @@ def check_language_specific_layers(config: ml_collections.ConfigDict) -> None:
     only a model with language embeddings (num_languages > 0) is fed; not on an imported model,
     whose layers transformers has one copy of."""
     m, k = config.model, config.model.language_specific_layers
-    _require(type(k) is int and 0 <= k <= m.num_layers, "model.language_specific_layers",
+    require(type(k) is int and 0 <= k <= m.num_layers, "model.language_specific_layers",
              f"got {k!r}; the number of bottom layers with a copy per language, 0..{m.num_layers} "
              "(model.num_layers)")
-    _require(not k or m.num_languages > 0, "model.language_specific_layers",
+    require(not k or m.num_languages > 0, "model.language_specific_layers",
              f"got {k}, but model.num_languages=0: per-language layers are chosen by the language ids a "
              "model with language embeddings reads; set --config.model.num_languages to the corpus's "
              "number of languages, or language_specific_layers=0")
-    _require(not k or not config.init_from, "model.language_specific_layers",
+    require(not k or not config.init_from, "model.language_specific_layers",
              f"got {k} with init_from={config.init_from!r}: a transformers model has one copy of each layer; "
              "start from scratch, or set language_specific_layers=0")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks every field a run depends on; raises ConfigError naming the first bad one."""
+    """The schema's own checks: every field present, types, ranges and the fields that constrain
+    each other; raises ConfigError naming the first bad one. The sections with code of their own
+    (data sources, objectives, evaluators, plan targets) are checked by that code:
+    xlm_jax/modes/prepare.validate runs this and them, once, before a run starts."""
     expected = default_config()
     sections = [name for name in expected if isinstance(expected[name], ml_collections.ConfigDict)
                 and name not in ("evals", "objectives")]   # any names there; their registries check them
-    _require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
-    _require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
+    require(isinstance(config.get("init_from"), str), "init_from", "field is missing or not a string")
+    require(config.init_from == "" or config.init_from.startswith("hf:"), "init_from",
              f"got {config.init_from!r}; use \"hf:DIR\" (a transformers XLM-R or BERT directory) or \"\"")
     for section in sections:
-        _require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
+        require(section in config, section, "section is missing (start from xlm_jax.config.default_config())")
         for name in expected[section]:
-            _require(name in config[section], f"{section}.{name}", "field is missing")
-            _require(config[section][name] is not None, f"{section}.{name}",
+            require(name in config[section], f"{section}.{name}", "field is missing")
+            require(config[section][name] is not None, f"{section}.{name}",
                      f"is None; set a {type(expected[section][name]).__name__} "
                      f"(default {expected[section][name]!r})")
 
     m, d, t = config.model, config.data, config.train
-    _one_of(config, "model.dtype", DTYPES)
-    _one_of(config, "model.remat", REMAT_POLICIES)
-    _one_of(config, "model.attention", ATTENTIONS)
-    _require(m.attention != "cudnn" or m.dtype == "bfloat16", "model.dtype",
+    one_of(config, "model.dtype", DTYPES)
+    one_of(config, "model.remat", REMAT_POLICIES)
+    one_of(config, "model.attention", ATTENTIONS)
+    require(m.attention != "cudnn" or m.dtype == "bfloat16", "model.dtype",
              f"got {m.dtype!r}, but model.attention=\"cudnn\" (cuDNN flash attention) takes only 16-bit inputs; "
              "set --config.model.dtype=bfloat16 or --config.model.attention=xla")
-    _one_of(config, "train.schedule", SCHEDULES)
-    _one_of(config, "mesh.rules", RULE_PRESETS)
-    _one_of(config, "data.sampling_unit", SAMPLING_UNITS)
-    _one_of(config, "data.packing", PACKINGS)
-    check_caps_and_floors(parse_language_probs(d.language_caps, "data.language_caps"),
-                          parse_language_probs(d.language_floors, "data.language_floors"))
-    _one_of(config, "data.tokenizer", TOKENIZERS)
-    _one_of(config, "data.on_bad_line", BAD_LINE_POLICIES)
-    parse_files_spec(d.files)
+    one_of(config, "train.schedule", SCHEDULES)
+    one_of(config, "mesh.rules", RULE_PRESETS)
+    one_of(config, "data.sampling_unit", SAMPLING_UNITS)
+    one_of(config, "data.packing", PACKINGS)
+    one_of(config, "data.tokenizer", TOKENIZERS)
     for field in ("model.num_layers", "model.hidden_size", "model.num_heads", "model.mlp_dim",
                   "model.vocab_size", "model.max_len", "model.type_vocab_size", "data.seq_len",
                   "train.num_steps", "train.batch_size", "train.grad_accum_steps",
@@ -282,89 +317,76 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive(config, field, allow_zero=True)
     check_attention_dropout(m)
     check_language_specific_layers(config)
-    _require(isinstance(m.language_specific_positions, bool), "model.language_specific_positions",
+    require(isinstance(m.language_specific_positions, bool), "model.language_specific_positions",
              f"got {m.language_specific_positions!r}; must be True or False")
-    _require(not m.language_specific_positions or m.num_languages > 0, "model.language_specific_positions",
+    require(not m.language_specific_positions or m.num_languages > 0, "model.language_specific_positions",
              "got True, but model.num_languages=0: a token's position table is chosen by the language ids a "
              "model with language embeddings reads; set --config.model.num_languages to the corpus's number "
              "of languages, or language_specific_positions=False")
-    _require(not m.language_specific_positions or not config.init_from, "model.language_specific_positions",
+    require(not m.language_specific_positions or not config.init_from, "model.language_specific_positions",
              f"got True with init_from={config.init_from!r}: a transformers model has one position table; start "
              "from scratch, or set language_specific_positions=False")
 
-    _require(m.hidden_size % m.num_heads == 0, "model.num_heads",
+    require(m.hidden_size % m.num_heads == 0, "model.num_heads",
              f"hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}")
     head_dim = m.hidden_size // m.num_heads
-    _require(m.attention != "cudnn" or (head_dim % 8 == 0 and head_dim <= 256), "model.num_heads",
+    require(m.attention != "cudnn" or (head_dim % 8 == 0 and head_dim <= 256), "model.num_heads",
              f"head_dim = hidden_size / num_heads = {head_dim}, but cuDNN flash attention needs a multiple of 8, "
              "at most 256 (128 before Hopper); change num_heads or use --config.model.attention=xla")
-    _require(isinstance(m.pooler, bool), "model.pooler", f"got {m.pooler!r}; must be True or False")
-    _require(m.position_offset in (0, m.pad_token_id + 1), "model.position_offset",
+    require(isinstance(m.pooler, bool), "model.pooler", f"got {m.pooler!r}; must be True or False")
+    require(m.position_offset in (0, m.pad_token_id + 1), "model.position_offset",
              f"got {m.position_offset}; use {m.pad_token_id + 1} (fairseq/XLM-R positions after "
              f"pad_token_id={m.pad_token_id}) or 0 (BERT positions from 0)")
-    _require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
-    _require(type(m.vocab_pad_multiple) is int and m.vocab_pad_multiple > 0, "model.vocab_pad_multiple",
+    require(m.vocab_size >= 8, "model.vocab_size", f"got {m.vocab_size}; need room for the 5 special tokens")
+    require(type(m.vocab_pad_multiple) is int and m.vocab_pad_multiple > 0, "model.vocab_pad_multiple",
              f"got {m.vocab_pad_multiple!r}; must be a positive int (1 = no padding)")
-    check_language_id_ranges(config)
-    _require(d.tokenizer != "bytes" or config.init_from or d.language_id_ranges or m.vocab_size == BYTE_VOCAB_SIZE,
+    require(d.tokenizer != "bytes" or config.init_from or d.language_id_ranges or m.vocab_size == BYTE_VOCAB_SIZE,
              "model.vocab_size",
              f"got {m.vocab_size}, but data.tokenizer=\"bytes\" has {BYTE_VOCAB_SIZE} ids (4 specials, 256 "
              f"bytes, <mask>); set --config.model.vocab_size={BYTE_VOCAB_SIZE}")
-    _require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
-    _require(d.seq_len <= m.max_len, "data.seq_len",
+    require(d.seq_len >= 8, "data.seq_len", f"got {d.seq_len}; a packed block needs at least 8 tokens")
+    require(d.seq_len <= m.max_len, "data.seq_len",
              f"got {d.seq_len}, longer than model.max_len={m.max_len}")
-    _require(0 < d.mask_prob < 1, "data.mask_prob", f"got {d.mask_prob}; must be in (0, 1)")
-    _require(0 <= d.mask_token_prob and 0 <= d.random_token_prob
+    require(0 < d.mask_prob < 1, "data.mask_prob", f"got {d.mask_prob}; must be in (0, 1)")
+    require(0 <= d.mask_token_prob and 0 <= d.random_token_prob
              and d.mask_token_prob + d.random_token_prob <= 1, "data.random_token_prob",
              "mask_token_prob + random_token_prob must lie in [0, 1]")
-    _require(isinstance(t.check_memory, bool), "train.check_memory",
+    require(isinstance(t.check_memory, bool), "train.check_memory",
              f"got {t.check_memory!r}; must be True or False")
-    if config.plan.target:
-        from xlm_jax.plan.targets import parse_target
-        parse_target(config.plan.target)
-    _require(isinstance(d.whole_word_mask, bool), "data.whole_word_mask",
+    require(isinstance(d.whole_word_mask, bool), "data.whole_word_mask",
              f"got {d.whole_word_mask!r}; must be True or False")
-    _require(isinstance(d.mask_sample_alpha, (int, float)) and d.mask_sample_alpha >= 0, "data.mask_sample_alpha",
+    require(isinstance(d.mask_sample_alpha, (int, float)) and d.mask_sample_alpha >= 0, "data.mask_sample_alpha",
              f"got {d.mask_sample_alpha!r}; must be >= 0 (0 = uniform choice)")
-    _require(not (d.whole_word_mask and d.mask_sample_alpha), "data.mask_sample_alpha",
+    require(not (d.whole_word_mask and d.mask_sample_alpha), "data.mask_sample_alpha",
              "frequency-weighted choice cannot be combined with data.whole_word_mask=True; set one of them")
-    _require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
-    _require(not d.extend_vocab_pieces or config.init_from, "data.extend_vocab_pieces",
+    require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
+    require(not d.extend_vocab_pieces or config.init_from, "data.extend_vocab_pieces",
              f"got {d.extend_vocab_pieces}, but vocabulary extension adds to an imported model's "
              "vocabulary: set --config.init_from=hf:DIR, or leave extend_vocab_pieces at 0 (a run from "
              "scratch trains its own tokenizer of model.vocab_size ids on the corpus)")
-    _require(not d.extend_vocab_languages or d.extend_vocab_pieces, "data.extend_vocab_languages",
+    require(not d.extend_vocab_languages or d.extend_vocab_pieces, "data.extend_vocab_languages",
              f"got {d.extend_vocab_languages!r} with data.extend_vocab_pieces=0: it picks the text the new "
              "pieces are trained on; set data.extend_vocab_pieces too, or leave it empty")
     for beta in ("b1", "b2"):
-        _require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
+        require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
                  f"got {t[beta]!r}; Adam betas must be in [0, 1)")
-    _require(isinstance(d.shards, int) and (not d.shards or t.batch_size % d.shards == 0), "data.shards",
+    require(isinstance(d.shards, int) and (not d.shards or t.batch_size % d.shards == 0), "data.shards",
              f"got {d.shards!r}; the shards must divide train.batch_size={t.batch_size} (0 = one per row); "
              f"use one of {', '.join(str(s) for s in range(1, t.batch_size + 1) if t.batch_size % s == 0)}")
-    _require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+    require(t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
              f"batch_size {t.batch_size} is not divisible by grad_accum_steps {t.grad_accum_steps}")
-    _require(t.warmup_steps <= t.num_steps, "train.warmup_steps",
+    require(t.warmup_steps <= t.num_steps, "train.warmup_steps",
              f"got {t.warmup_steps}, more than train.num_steps={t.num_steps}")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
-        _require(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
+        require(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}",
                  f"got {size!r}; must be a positive int or -1 (all remaining devices)")
-    _require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh",
+    require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh",
              "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
-    _require(isinstance(config.get("evals"), ml_collections.ConfigDict), "evals",
+    require(isinstance(config.get("evals"), ml_collections.ConfigDict), "evals",
              "section is missing (start from xlm_jax.config.default_config())")
-    from xlm_jax.evaluation.registry import build_evaluators   # evaluators bring jax and flax
-    build_evaluators(config.evals)
-    from xlm_jax.objectives.registry import build_objectives, check_objectives, streams
-    _require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
+    require(isinstance(config.get("objectives"), ml_collections.ConfigDict), "objectives",
              "section is missing (start from xlm_jax.config.default_config())")
-    check_objectives(config)
-    pair_streams = any(spec.kind in PAIR_KINDS for spec in streams(build_objectives(config)))
-    check_synthetic_pairs(d, pair_streams)
-    _require(d.shared_specials or not pair_streams, "data.shared_specials",
-             "got False, but an objective reads translation pairs (TLM, XLCo), whose layouts put one <s> and "
-             "</s> around both languages; train those with shared specials, or MLM alone")
     _check_steps_per_call(config)
     return config
 
@@ -377,11 +399,11 @@ def _multiples_near(value: int, k: int) -> str:
 def _check_steps_per_call(config) -> None:
     """Logs, evals, checkpoints and the run's end fall between calls of train.steps_per_call updates."""
     k = config.train.steps_per_call
-    _require(type(k) is int and k >= 1, "train.steps_per_call", f"got {k!r}; must be a positive int (1 = one "
+    require(type(k) is int and k >= 1, "train.steps_per_call", f"got {k!r}; must be a positive int (1 = one "
              "update per call)")
     if k == 1:
         return
-    _require(config.objective_schedule == "sum", "train.steps_per_call",
+    require(config.objective_schedule == "sum", "train.steps_per_call",
              f"got {k}, but objective_schedule={config.objective_schedule!r} gives each update another "
              "objective's batch, so consecutive updates are different programs and one call cannot scan them; "
              "use steps_per_call=1 with \"alternate\", or objective_schedule=\"sum\"")
@@ -391,6 +413,6 @@ def _check_steps_per_call(config) -> None:
         if entry.get("every_steps"):
             intervals[f"evals.{name}.every_steps"] = entry["every_steps"]
     for field, value in intervals.items():
-        _require(value % k == 0, field, f"got {value}, not a multiple of train.steps_per_call={k} (logs, evals, "
+        require(value % k == 0, field, f"got {value}, not a multiple of train.steps_per_call={k} (logs, evals, "
                  f"checkpoints and the end of the run fall between calls of {k} updates); use "
                  f"{_multiples_near(value, k)}")

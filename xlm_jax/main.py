@@ -13,6 +13,7 @@ Overrides: `--config.train.num_steps=100`. Several processes (multi-host GPU, CP
 tests) join with --coordinator_address/--num_processes/--process_id, or let jax
 detect the cluster (Cloud TPU pods, SLURM) with --distributed.
 """
+import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here; keep it quiet
@@ -50,6 +51,12 @@ def _check_study_mode(config, mode: str) -> None:
                           "config, --config=<study file>:<preset>/<arm>@<study dir>")
 
 
+# --mode -> the module whose main(config, workdir, flags) runs it (imported when chosen: each brings
+# only what it needs, and train_tokenizer and plan need no jax devices).
+MODE_MODULES = {mode: f"xlm_jax.modes.{mode}" for mode in MODES}
+NO_DISTRIBUTED_SETUP = ("train_tokenizer", "plan")   # no devices to join, or compile-only ones
+
+
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
@@ -59,35 +66,12 @@ def main(argv):
     if _CONFIG.value is None and _MODE.value not in ("export_hf", "evaluate"):   # those read config.json
         raise XlmJaxError(f"--mode={_MODE.value} needs --config=configs/<recipe>.py")
     _check_study_mode(_CONFIG.value, _MODE.value)
-    if _MODE.value == "train_tokenizer":   # no model, no jax devices, so no distributed setup
-        from xlm_jax.data.tokenizer_report import train_tokenizer
-        train_tokenizer(_CONFIG.value, _WORKDIR.value)
-        return
-    if _MODE.value == "plan":   # compile-only devices: no distributed setup, and no backend but the CPU
-        if _CONFIG.value.plan.target:
-            import jax
-            jax.config.update("jax_platforms", "cpu")
-        from xlm_jax.plan.plan import run_plan
-        run_plan(_CONFIG.value, _WORKDIR.value)
-        return
-    from xlm_jax.parallel.mesh import initialize_distributed
-    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           auto=_DISTRIBUTED.value)
-    if _MODE.value == "export_hf":
-        if not _EXPORT_DIR.value:
-            raise XlmJaxError("--mode=export_hf needs --export_dir=DIR (a new directory to write)")
-        from xlm_jax.api import load
-        print(load(_WORKDIR.value, _STEP.value).export_hf(_EXPORT_DIR.value))
-    elif _MODE.value == "train":
-        from xlm_jax.train.loop import train_and_evaluate
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "study":
-        from xlm_jax.studies.runner import run_study
-        run_study(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "evaluate":
-        from xlm_jax.train.evaluate import evaluate_checkpoint, evaluation_config
-        config = evaluation_config(_CONFIG.value, _WORKDIR.value)
-        evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, _EVALS.value)
+    if _MODE.value not in NO_DISTRIBUTED_SETUP:
+        from xlm_jax.parallel.mesh import initialize_distributed
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               auto=_DISTRIBUTED.value)
+    mode = importlib.import_module(MODE_MODULES[_MODE.value])
+    mode.main(_CONFIG.value, _WORKDIR.value, flags.FLAGS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ def run_processes(count: int, task, timeout: float = 300.0) -> list:
     """[task(processes) of each of `count` stand-in processes]; raises the first one's exception.
 
     allgather and zero_first behave as jax's multihost_utils do across real processes, so the
-    tasks run the same protocol as train/loop.py: a thread that fails breaks the barrier and
+    tasks run the same protocol as modes/train.py: a thread that fails breaks the barrier and
     the others stop too, as a failed process stops the run.
     """
     barrier = threading.Barrier(count, timeout=timeout)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.language_ranges import RANGES_FILE, LanguageRangeTokenizer, base_vocab_size
 from xlm_jax.data.masking import mask_example, word_start_table
 from xlm_jax.data.sampling import temperature_probs

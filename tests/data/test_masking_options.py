@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data import pipeline
 from xlm_jax.data.examples import pack_stream, tlm_example
 from xlm_jax.data.masking import (mask_example, max_predictions, sample_weights, token_counts,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import write_corpus
-from xlm_jax.config import default_config, validate
+from tests.helpers import write_corpus, objective_streams
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.language_ranges import RANGES_FILE, LanguageRangeTokenizer, base_vocab_size
 from xlm_jax.data.masking import mask_example
 from xlm_jax.data.pipeline import train_batches
@@ -144,7 +145,7 @@ def test_prepared_blocks_carry_each_languages_own_specials(shared_data, tmp_path
     moved = np.where(en >= 4, en + P, en)
     moved[en == 0], moved[en == 2] = tok.for_language("qfe").bos_id, tok.for_language("qfe").eos_id
     np.testing.assert_array_equal(qfe, moved)
-    batch = next(train_batches(data, config, start_step=0))["mlm"]
+    batch = next(train_batches(data, config, start_step=0, streams=objective_streams(config)))["mlm"]
     languages = np.repeat(batch["language"][:, None], d.seq_len, axis=1)
     own_masks = np.where(languages == data.languages.index("qfe"), tok.for_language("qfe").mask_id, tok.mask_id)
     is_mask = np.isin(batch["input_ids"], (tok.mask_id, tok.for_language("qfe").mask_id))

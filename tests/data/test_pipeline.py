@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers import objective_streams
 from xlm_jax.config import default_config
 from xlm_jax.data import prepare
 from xlm_jax.data.masking import max_predictions
@@ -99,7 +100,7 @@ def test_prepare_data(prepared, config, workdir):
 
 def test_batch_shapes_and_dtypes(prepared, config):
     data, _ = prepared
-    step = next(train_batches(data, config, start_step=0))
+    step = next(train_batches(data, config, start_step=0, streams=objective_streams(config)))
     assert list(step) == ["mlm"]
     predictions = max_predictions(SEQ_LEN, 0.15)
     expected = {"input_ids": ((BATCH, SEQ_LEN), np.int32), "masked_positions": ((BATCH, predictions), np.int32),
@@ -111,7 +112,7 @@ def test_batch_shapes_and_dtypes(prepared, config):
 
 def test_examples_are_blocks_of_their_language_from_their_shard(prepared, config):
     data, _ = prepared
-    for batch in _take(train_batches(data, config, start_step=0), 3):
+    for batch in _take(train_batches(data, config, start_step=0, streams=objective_streams(config)), 3):
         for row, (original, language) in enumerate(zip(_originals(batch), batch["language"])):
             shard = row * SHARDS // BATCH
             assert (data.train_blocks[language][shard] == original).all(axis=1).any()
@@ -119,15 +120,15 @@ def test_examples_are_blocks_of_their_language_from_their_shard(prepared, config
 
 def test_two_iterators_agree(prepared, config):
     data, _ = prepared
-    for a, b in zip(_take(train_batches(data, config, start_step=0), 4),
-                    _take(train_batches(data, config, start_step=0), 4)):
+    for a, b in zip(_take(train_batches(data, config, start_step=0, streams=objective_streams(config)), 4),
+                    _take(train_batches(data, config, start_step=0, streams=objective_streams(config)), 4)):
         _assert_same(a, b)
 
 
 def test_resume_gives_the_same_batches(prepared, config):
     data, _ = prepared
-    uninterrupted = _take(train_batches(data, config, start_step=0), 8)
-    resumed = _take(train_batches(data, config, start_step=3), 5)
+    uninterrupted = _take(train_batches(data, config, start_step=0, streams=objective_streams(config)), 8)
+    resumed = _take(train_batches(data, config, start_step=3, streams=objective_streams(config)), 5)
     for a, b in zip(uninterrupted[3:], resumed):
         _assert_same(a, b)
     assert not np.array_equal(uninterrupted[0]["input_ids"], uninterrupted[1]["input_ids"])
@@ -135,7 +136,8 @@ def test_resume_gives_the_same_batches(prepared, config):
 
 def test_language_mixture_follows_q(prepared, config):
     data, _ = prepared
-    languages = np.concatenate([b["language"] for b in _take(train_batches(data, config, start_step=0), 250)])
+    batches = train_batches(data, config, start_step=0, streams=objective_streams(config))
+    languages = np.concatenate([b["language"] for b in _take(batches, 250)])
     frequencies = np.bincount(languages, minlength=len(data.languages)) / len(languages)
     q = np.array(data.probs)
     assert np.all(np.abs(frequencies - q) < 5 * np.sqrt(q * (1 - q) / len(languages)))
@@ -199,7 +201,7 @@ def test_a_wordpiece_tokenizer_in_the_workdir_packs_bert_blocks(config, tmp_path
     blocks = np.concatenate([b for shards in data.train_blocks for b in shards])
     assert np.all(blocks[:, 0] == 2) and np.sum(blocks == 3) > 0 and blocks[-1, -1] == 0
     assert not np.isin(blocks[:, 1:], [2, 4]).any()
-    batch = next(train_batches(data, bert, start_step=0))["mlm"]
+    batch = next(train_batches(data, bert, start_step=0, streams=objective_streams(bert)))["mlm"]
     masked = batch["masked_positions"][batch["masked_weights"] > 0]
     assert np.sum(batch["input_ids"] == 4) > 0 and masked.min() > 0
     assert not np.isin(batch["masked_ids"][batch["masked_weights"] > 0], [0, 1, 2, 3, 4]).any()
@@ -227,5 +229,5 @@ def test_line_packing_keeps_every_block_within_one_line(config, tmp_path, prepar
             # the same text: non-padding tokens in the same order as the stream packing's
             np.testing.assert_array_equal(body[~is_pad], stream[:, 1:][stream[:, 1:] != tok.pad_id])
     assert sum(len(b) for s in by_line.train_blocks for b in s) > sum(len(b) for s in data.train_blocks for b in s)
-    batch = next(train_batches(by_line, lines, start_step=0))["mlm"]
+    batch = next(train_batches(by_line, lines, start_step=0, streams=objective_streams(lines)))["mlm"]
     assert batch["input_ids"].shape == (BATCH, SEQ_LEN)

@@ -5,7 +5,9 @@ import types
 import numpy as np
 import pytest
 
-from xlm_jax.config import default_config, validate
+from tests.helpers import objective_streams
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.pipeline import train_batches
 from xlm_jax.data.prepare import PretrainData
 from xlm_jax.data.sampling import language_probs, parse_language_probs, sampling_table, temperature_probs
@@ -153,7 +155,7 @@ def test_realized_language_fractions_match_q():
                         eval_blocks=[[np.zeros((0, 16), np.int32)]] * len(languages))
     config = default_config()
     config.data.seq_len, config.train.batch_size, config.train.seed, config.data.shards = 16, 32, 7, 1
-    batches = train_batches(data, config, start_step=0)
+    batches = train_batches(data, config, start_step=0, streams=objective_streams(config))
     rows = []
     for _ in range(200):
         batch = next(batches)["mlm"]
@@ -169,7 +171,7 @@ def test_realized_language_fractions_match_q():
 
 
 def test_metrics_log_reports_realized_fractions(tmp_path, capsys):
-    from xlm_jax.train.metrics_log import MetricsLog
+    from xlm_jax.modes.metrics_log import MetricsLog
 
     config = default_config()
     mlm = types.SimpleNamespace(name="mlm", batch_name="mlm", stream_kind="blocks")   # what count_languages reads

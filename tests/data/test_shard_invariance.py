@@ -1,7 +1,7 @@
 """The global batches are the same whatever the number of processes, each of which reads only its shards.
 
 Processes are threads here (tests/data/processes.py), running the same collectives as
-train/loop.py; tests/train/test_loop.py runs real processes on 127.0.0.1.
+modes/train.py; tests/train/test_loop.py runs real processes on 127.0.0.1.
 """
 import gzip
 import re
@@ -9,7 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from xlm_jax.config import default_config, validate
+from tests.helpers import objective_streams
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.pipeline import eval_batches, train_batches
 from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.text import Processes, read_text, tokenizer_text
@@ -77,7 +79,7 @@ def test_global_batches_do_not_depend_on_the_process_count(corpus, tmp_path, cou
     config = _config(corpus, **data)
     (one,), (one_logs,) = _prepare_all(config, 1, tmp_path / "one")
     assert one.replicated == ["yo"] and "yo" in one.evaluated and "replicated" in "\n".join(one_logs)
-    whole_train = _take(train_batches(one, config, start_step=2), 3)
+    whole_train = _take(train_batches(one, config, start_step=2, streams=objective_streams(config)), 3)
     whole_eval = {lang: eval_batches(one, config, i) for i, lang in enumerate(one.languages)}
     bytes_one = _bytes_read(one_logs)
     unzipped = len(gzip.decompress((corpus / "dir" / "hy.txt.gz").read_bytes()))
@@ -90,7 +92,9 @@ def test_global_batches_do_not_depend_on_the_process_count(corpus, tmp_path, cou
                 np.testing.assert_array_equal(part.token_counts, one.token_counts)
         assert [p.shards for p in parts] == [range(i * SHARDS // count, (i + 1) * SHARDS // count)
                                              for i in range(count)]
-        _assert_rows_concatenate(whole_train, [_take(train_batches(p, config, start_step=2), 3) for p in parts])
+        streams = objective_streams(config)
+        _assert_rows_concatenate(whole_train, [_take(train_batches(p, config, start_step=2, streams=streams), 3)
+                                               for p in parts])
         for i, lang in enumerate(one.languages):
             _assert_rows_concatenate(whole_eval[lang], [eval_batches(p, config, i) for p in parts])
         # each process reads its byte ranges of the plain text, about 1/count of it, and all of the .gz

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xlm_jax.config import default_config, validate
+from tests.helpers import objective_streams
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data import pipeline
 from xlm_jax.data.examples import _fair_lengths, fair_lengths, tlm_example, xlco_pair
 from xlm_jax.data.gettext_corpus import DEFAULT_LOCALE_DIRS
@@ -150,7 +152,7 @@ def test_batch_sizes_must_split_over_the_shards(prepared, config):
     with pytest.raises(ConfigError, match=r"`tlm.positions`: got 'absolute'"):
         check_streams([StreamSpec("tlm", "tlm", 8, positions="absolute")], 4)
     with pytest.raises(ConfigError, match=r"`objective_schedule`: got 'mixed'"):
-        train_batches(data, config, start_step=0, schedule="mixed")
+        train_batches(data, config, start_step=0, schedule="mixed", streams=objective_streams(config))
     with pytest.raises(ValueError, match="distinct names"):
         check_streams([MLM, MLM], 4)
 
@@ -204,7 +206,7 @@ def test_the_mlm_stream_keeps_the_mlm_only_keys(prepared, config):
     """Stream "mlm" of blocks: row j at step c is the language, block and mask drawn under the keys
     (seed, 0) and (seed, 1) of the MLM-only pipeline, re-derived here; adding streams changes nothing."""
     data, _ = prepared
-    alone = _take(train_batches(data, config, start_step=2), 2)
+    alone = _take(train_batches(data, config, start_step=2, streams=objective_streams(config)), 2)
     mixed = _take(train_batches(data, config, start_step=2, streams=[TLM, MLM, XLCO]), 2)
     tok, fold = data.tokenizer, tf.random.experimental.stateless_fold_in
     d = config.data

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from tests.helpers import np_forward, np_mean_cross_entropy, random_params, tiny_config, write_corpus
 from xlm_jax.benchmarks.train_step import random_stream_batch
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.pipeline import train_batches
 from xlm_jax.data.prepare import prepare_data
 from xlm_jax.data.sampling import temperature_probs

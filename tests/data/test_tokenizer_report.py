@@ -6,9 +6,11 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.sampling import temperature_probs
-from xlm_jax.data.tokenizer_report import REPORT_FILE, fertility, language_stats, train_tokenizer
+from xlm_jax.data.tokenizer_report import REPORT_FILE, fertility, language_stats
+from xlm_jax.modes.train_tokenizer import train_tokenizer
 from xlm_jax.data.tokenizers import BYTES_FILE, ByteTokenizer, train_sentencepiece
 from xlm_jax.errors import ConfigError
 

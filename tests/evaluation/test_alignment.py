@@ -13,7 +13,8 @@ from xlm_jax.evaluation.alignment import (
     procrustes,
 )
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import EvalContext, evaluator_options
+from xlm_jax.evaluation.evaluator import EvalContext
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.evaluation.subjects import random_init_subject
 
 

@@ -15,7 +15,7 @@ from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import classification
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 
 HEADER = "id\tpremise\thypothesis\tlabel\n"
 

@@ -16,7 +16,7 @@ from xlm_jax.evaluation.data_transfer import (
     mask_blocks,
 )
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.evaluation.subjects import params_shardings
 
 SIZES = [1_000, 10_000, 100_000]

@@ -18,7 +18,7 @@ from tests.helpers import to_numpy
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation import finetune, tagging
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.task_heads import SequenceClassifier, TokenClassifier
 from xlm_jax.train.checkpoints import Checkpoints

@@ -15,7 +15,8 @@ from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import finetune
 from xlm_jax.evaluation.encoding import make_context, token_rows
-from xlm_jax.evaluation.evaluator import Subject, evaluator_options
+from xlm_jax.evaluation.evaluator import Subject
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.evaluation.languages import read_run_languages, record_run_languages, resolve_language
 from xlm_jax.evaluation.retrieval import Retrieval
 from xlm_jax.evaluation.runner import EvaluationRunner

@@ -11,7 +11,7 @@ from tests.helpers import np_forward, random_params, tiny_config
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import perplexity
 from xlm_jax.evaluation.encoding import make_context, token_rows
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.evaluation.perplexity import PseudoLikelihood, PseudoPerplexity
 from xlm_jax.evaluation.subjects import random_init_subject
 

@@ -10,7 +10,8 @@ from tests.evaluation.conftest import random_subject
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import retrieval
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import EVALUATORS, EvalContext, evaluator_options
+from xlm_jax.evaluation.evaluator import EvalContext
+from xlm_jax.evaluation.registry import EVALUATORS, evaluator_options
 
 
 def make_evaluator(name="tatoeba", **options):

@@ -11,7 +11,8 @@ import pytest
 
 from tests.evaluation.conftest import random_subject
 from xlm_jax.errors import ConfigError, DataError
-from xlm_jax.evaluation.evaluator import Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import Evaluator, Result
+from xlm_jax.evaluation.registry import register
 from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner, scalar_tags
 

@@ -12,7 +12,7 @@ from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import tagging
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 from xlm_jax.evaluation.finetune import IGNORE
 
 EWT_DEV = "pos/en_ewt-ud-dev.tsv"

@@ -11,7 +11,8 @@ from xlm_jax.data.language_ranges import LanguageRangeTokenizer
 from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import EVALUATORS, Subject, evaluator_options
+from xlm_jax.evaluation.evaluator import Subject
+from xlm_jax.evaluation.registry import EVALUATORS, evaluator_options
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 

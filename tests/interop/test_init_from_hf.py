@@ -162,3 +162,29 @@ def test_mbert_style_checkpoint_continues_pretraining_with_its_wordpiece_vocab(s
     assert not np.array_equal(got["bert.encoder.layer.0.output.dense.weight"],
                               original["bert.encoder.layer.0.output.dense.weight"])   # step 2 trained
     assert (exported / "vocab.txt").read_text(encoding="utf-8") == (directory / "vocab.txt").read_text(encoding="utf-8")
+
+
+def test_a_run_resolves_the_imported_architecture_on_its_own_copy_of_the_config(hf_dir, tmp_path):
+    """Prepared once (modes/prepare.Run): the transformers directory's architecture is the run's,
+    validated with it; the caller's config is left as given, and the run's is locked."""
+    from tests.helpers import tiny_config
+    from xlm_jax.modes.prepare import Run
+
+    directory, text = hf_dir
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang, lines in text.items():
+        (corpus / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tiny_config(hidden_size=48, num_heads=2, vocab_size=702, max_len=64)
+    config.init_from, config.data.corpus_dir, config.data.seq_len = f"hf:{directory}", str(corpus), 32
+    config.data.eval_sentences_per_language, config.model.vocab_pad_multiple = 20, 64
+    config.mesh.data = -1   # every device the tests have
+    given = config.to_dict()
+    run = Run(config, str(tmp_path / "run"))
+    run.checkpoints.close()
+    assert config.to_dict() == given
+    m = run.config.model
+    assert (m.hidden_size, m.num_layers, m.mlp_dim, m.vocab_size) == (32, 2, 64, 302)
+    assert run.trainer.model.config.hidden_size == 32
+    with pytest.raises(AttributeError):
+        run.config.model.new_field = 1

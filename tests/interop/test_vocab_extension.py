@@ -155,7 +155,7 @@ def test_workdir_tokenizer_is_extended_once_and_must_match_the_run(small_model, 
     for directory in (source, workdir, corpus):
         directory.mkdir()
     old.save(source / "sentencepiece.bpe.model")
-    old.save(workdir / "tokenizer.model")      # as adopt_hf_model leaves it
+    old.save(workdir / "tokenizer.model")      # as adopt_hf_tokenizer leaves it
     (corpus / "yo.txt").write_text("\n".join(mono(shared_data, "yo")[:500]) + "\n", encoding="utf-8")
     config = config_lib.default_config()
     config.init_from, config.data.corpus_dir, config.data.min_languages = f"hf:{source}", str(corpus), 1
@@ -171,7 +171,7 @@ def test_workdir_tokenizer_is_extended_once_and_must_match_the_run(small_model, 
     assert any("yo tokens per word" in line for line in logs)
     extended = (workdir / "tokenizer.model").read_bytes()
     assert extended == new.model_proto
-    config.model.vocab_size, logs = old.vocab_size, []      # as adopt_hf_model sets it on a resume
+    config.model.vocab_size, logs = old.vocab_size, []      # as hf_architecture sets it on a resume
     _, again = adopt_vocab_extension(config, str(source), str(workdir), resuming=True, log=logs.append)
     assert again.model_proto == extended and config.model.vocab_size == new.vocab_size
     assert any("reusing" in line for line in logs) and (workdir / "tokenizer.model").read_bytes() == extended

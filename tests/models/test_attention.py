@@ -17,7 +17,7 @@ import pytest   # noqa: E402
 from jax.sharding import NamedSharding   # noqa: E402
 
 from tests.helpers import param_shapes, random_ids, tiny_config   # noqa: E402
-from xlm_jax.config import validate   # noqa: E402
+from xlm_jax.modes.prepare import validate   # noqa: E402
 from xlm_jax.errors import ConfigError   # noqa: E402
 from xlm_jax.models import attention   # noqa: E402
 from xlm_jax.models.dropout import Dropout   # noqa: E402

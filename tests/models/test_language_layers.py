@@ -20,13 +20,14 @@ import pytest
 
 from tests.helpers import (PAD, jit_apply, np_forward, param_shapes, random_ids, random_params, tiny_config,
                            write_corpus)
-from xlm_jax.config import sibling_config, validate
+from xlm_jax.config import sibling_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError
 from xlm_jax.interop.hf import export_hf
 from xlm_jax.models.encoder import EncoderLayer, Embeddings
 from xlm_jax.models.masked_lm import MaskedLM, truncated
 from xlm_jax.parallel.rules import logical_axis_rules
-from xlm_jax.train import metrics
+from xlm_jax.models import flops as flops_lib
 
 L, H, HEADS, MLP, V, LANGUAGES = 3, 32, 2, 64, 100, 2
 VP, MAX_LEN = 128, 32   # V padded to model.vocab_pad_multiple; position rows are MAX_LEN + 2
@@ -77,9 +78,9 @@ def test_each_language_copy_adds_one_block_per_layer_and_the_shared_stack_keeps_
         expected["layers"] = (L - k) * BLOCK
     assert {name: count(tree) for name, tree in encoder.items()} == expected
     assert count(nn.meta.unbox(boxed["lm_head"])) == H * H + H + 2 * H + VP
-    assert metrics.body_params(config.model) == (L - k + k * LANGUAGES) * BLOCK
+    assert flops_lib.body_params(config.model) == (L - k + k * LANGUAGES) * BLOCK
     # MFU counts the work a token needs: its own language's copy only, so the FLOPs do not grow with k.
-    flops = metrics.forward_flops_per_token
+    flops = flops_lib.forward_flops_per_token
     assert flops(config.model, 16) == flops(config_with(0).model, 16)
     if k:
         kernel = boxed["encoder"]["language_layers"]["layer"]["intermediate"]["kernel"]
@@ -248,7 +249,7 @@ def test_a_sharded_run_with_language_layers_resumes_replicated_and_loads(shared_
     summation order, so the sharded step computes the unsharded one. Exact resume on one layout
     is tests/train/test_loop.py's, for any params tree."""
     import xlm_jax
-    from xlm_jax.train.loop import train_and_evaluate
+    from xlm_jax.modes.train import train_and_evaluate
 
     (tmp_path / "corpus").mkdir()
     corpus = write_corpus(tmp_path / "corpus", shared_data, ("en", "sw"), 200)

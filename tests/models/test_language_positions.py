@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import jit_apply, np_forward, param_shapes, random_ids, random_params, tiny_config
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError
 from xlm_jax.interop.hf import export_hf
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import assert_updated_params_close, tiny_config, to_numpy
 from xlm_jax.benchmarks.train_step import random_stream_batch
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.objectives.registry import streams
 
 ALL = ("mlm", "tlm", "xlco", "adversarial", "pair_classification")

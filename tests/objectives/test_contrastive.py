@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import cached_train_setup, np_forward, tiny_config, to_numpy
 from tests.objectives.objective_setups import run_steps, step_batches
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError
 from xlm_jax.objectives.contrastive import collapse_metrics, infonce_terms, ranking_terms, vector_terms
 
@@ -191,7 +191,7 @@ def test_a_batch_of_one_sentence_collapses_and_the_log_says_so(shared_run, capsy
     healthy = {k.split("/", 1)[1]: float(v) for k, v in history[0][1].items() if k.startswith("xlco/")}
     assert objective.warnings(healthy) == []
     # the train loop's log: a healthy step passes quietly, the collapsed one is named with its step
-    from xlm_jax.train.metrics_log import MetricsLog
+    from xlm_jax.modes.metrics_log import MetricsLog
     log = MetricsLog(str(tmp_path), setup.config, 2, setup.objectives)
     for step, metrics in ((1, history[0][1]), (2, collapsed[0][1])):
         log.add(step, metrics, ["xlco"])

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from tests.helpers import PAD, random_ids, random_params, tiny_config
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.objectives.adversarial import LanguageDiscriminator, dann_lambda, reverse_gradient
 from xlm_jax.objectives.base import StepContext

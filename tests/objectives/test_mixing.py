@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import cached_train_setup, tiny_config, to_numpy
 from tests.objectives.objective_setups import (ALL, MIX_WEIGHTS, assert_same_steps, objectives_config,
                                               perturbed_params, run_steps, step_batches)
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError
 from xlm_jax.objectives.base import StepContext
 from xlm_jax.objectives.registry import build_objectives, streams

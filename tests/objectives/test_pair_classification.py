@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_config
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.data.examples import tlm_example
 from xlm_jax.objectives.pair_classification import join_pair, pair_examples
 from xlm_jax.objectives.registry import build_objectives

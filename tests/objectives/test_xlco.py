@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import cached_train_setup, np_forward, tiny_config, to_numpy
 from tests.objectives.objective_setups import run_steps, step_batches
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.objectives.contrastive import infonce_terms
 from xlm_jax.objectives.xlco import momentum_update
 from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings

@@ -19,7 +19,8 @@ import pytest
 
 from xlm_jax.errors import ConfigError
 from xlm_jax.plan.hlo import collectives_per_step, matmul_flops
-from xlm_jax.plan.plan import _exhausted, format_plan, plan_target, run_plan
+from xlm_jax.modes.plan import run_plan
+from xlm_jax.plan.plan import _exhausted, format_plan, plan_target
 from xlm_jax.plan.targets import GiB, parse_target, tpu_slice_shape, CHIPS
 
 from tests.helpers import tiny_config

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from xlm_jax.errors import ConfigError
-from xlm_jax.studies.runner import run_study
+from xlm_jax.modes.study import run_study
 
 RECIPE = '''
 from xlm_jax.config import default_config

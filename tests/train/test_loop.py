@@ -200,7 +200,7 @@ def _metrics_row(nonfinite: bool) -> dict:
 def test_skipped_updates_count_in_a_row_and_stop_the_run_at_the_limit(tmp_path):
     from xlm_jax.config import default_config
     from xlm_jax.errors import TrainingError
-    from xlm_jax.train.metrics_log import MetricsLog
+    from xlm_jax.modes.metrics_log import MetricsLog
 
     config = default_config()
     config.train.skip_nonfinite, config.train.max_consecutive_skips = True, 3
@@ -315,7 +315,7 @@ def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
 def test_resuming_with_other_data_shards_is_refused_and_another_process_count_is_logged():
     from xlm_jax.config import default_config
     from xlm_jax.errors import ConfigError
-    from xlm_jax.train.run import resume_note
+    from xlm_jax.modes.prepare import resume_note
 
     config = default_config()
     config.train.batch_size, config.data.shards = 16, 0

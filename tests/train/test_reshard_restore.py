@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import cached_train_setup, to_numpy
 from tests.objectives.objective_setups import (ALL, assert_same_steps, objectives_config, perturbed_params,
                                               run_steps, step_batches)
-from xlm_jax.config import validate
+from xlm_jax.modes.prepare import validate
 from xlm_jax.train.checkpoints import Checkpoints, abstract_with_shardings
 from xlm_jax.train.state import state_shardings
 

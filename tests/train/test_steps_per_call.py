@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import random_batch, random_params, tiny_config, to_numpy, train_setup, write_corpus
-from xlm_jax.config import sibling_config, validate
+from xlm_jax.config import sibling_config
+from xlm_jax.modes.prepare import validate
 from xlm_jax.errors import ConfigError, TrainingError
-from xlm_jax.train.loop import call_sizes, next_call, train_and_evaluate
-from xlm_jax.train.metrics_log import MetricsLog
+from xlm_jax.modes.train import call_sizes, next_call, train_and_evaluate
+from xlm_jax.modes.metrics_log import MetricsLog
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: "
                                 "XLA_FLAGS=--xla_force_host_platform_device_count=8 (repo-root conftest)")

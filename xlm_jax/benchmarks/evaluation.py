@@ -36,6 +36,9 @@ The naive peer takes most of the time (with runs/demo on 2 cores, ~17 of ~21 min
 --compare=hf_torch leaves it out). The last line is
 `ratio_vs_naive_xlm_jax=X ratio_vs_hf_torch=Y ratio_finetune_vs_pretrain=Z`: our
 sentences/s over each compared peer's, and the fine-tuning step's tokens/s over pretraining's.
+
+Why one file: one benchmark command; its timers (encoding, retrieval, fine-tuning, each
+against the same peers) share the set-up of one subject and print one table.
 """
 import functools
 import json
@@ -54,7 +57,8 @@ from absl import flags
 from xlm_jax import api, cli
 from xlm_jax.benchmarks import peers
 from xlm_jax.benchmarks.train_step import make_ours, timed
-from xlm_jax.config import default_config, validate
+from xlm_jax.config import default_config
+from xlm_jax.train.builder import validate
 from xlm_jax.data.tokenizers import ByteTokenizer, tokenizer_kind
 from xlm_jax.errors import XlmJaxError
 from xlm_jax.evaluation import finetune, inputs

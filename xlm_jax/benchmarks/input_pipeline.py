@@ -98,7 +98,7 @@ def main(argv):
 
     import tensorflow as tf
 
-    from xlm_jax.config import validate
+    from xlm_jax.train.builder import validate
     from xlm_jax.data.prepare import prepare_data
     from xlm_jax.data.text import read_text
 

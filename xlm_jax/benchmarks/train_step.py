@@ -37,18 +37,16 @@ from absl import flags
 
 from xlm_jax import cli
 from xlm_jax.benchmarks import peers
-from xlm_jax.config import default_config, sibling_config, validate
-from xlm_jax.errors import XlmJaxError
+from xlm_jax.config import default_config, sibling_config
 from xlm_jax.data.streams import max_predictions, stream_fields
-from xlm_jax.models.masked_lm import MaskedLM
-from xlm_jax.objectives.registry import build_objectives, streams
+from xlm_jax.errors import XlmJaxError
 from xlm_jax.models.vocab_padding import vocab_padding_params
-from xlm_jax.parallel.mesh import batch_sharding, make_mesh
+from xlm_jax.objectives.registry import streams
+from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.train import metrics as metrics_lib
-from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import count_params, create_train_state, state_shardings
-from xlm_jax.train.step import TrainStep
+from xlm_jax.train.builder import build_trainer, validate
+from xlm_jax.train.state import count_params
 
 flags.DEFINE_integer("layers", 6, "Transformer layers.")
 flags.DEFINE_integer("hidden", 256, "Hidden size.")
@@ -165,17 +163,12 @@ def make_ours(config, batch_names=None):
     """(run(num_steps) -> last update's metrics, parameter count, objectives): the training step on
     random batches of the objectives reading `batch_names` (default: all of them), in calls of
     train.steps_per_call updates (num_steps a multiple of it), each on the same batches."""
-    mesh = make_mesh(config.mesh)
-    rules = logical_axis_rules(config.mesh.rules)
-    model, optimizer = MaskedLM(config.model), make_optimizer(config.train)
-    objectives = build_objectives(config, ["language_0", "language_1"])
-    _, shardings = state_shardings(model, objectives, optimizer, config, mesh, rules)
-    state = create_train_state(model, objectives, optimizer, config, mesh, rules, shardings)
+    trainer = build_trainer(config, make_mesh(config.mesh), logical_axis_rules(config.mesh.rules))
+    state = trainer.new_state()
     num_params = count_params(state.params)
-    rows = batch_sharding(mesh, rules)
-    step = TrainStep(model, objectives, optimizer, config, mesh, rules, shardings, rows)
+    objectives, step = trainer.objectives, trainer.step
     rng = np.random.default_rng(0)
-    specs = [spec for spec in streams(objectives) if batch_names is None or spec.name in batch_names]
+    specs = [spec for spec in trainer.streams if batch_names is None or spec.name in batch_names]
     batches = {spec.name: random_stream_batch(spec, config, rng) for spec in specs}
     per_call = config.train.steps_per_call
     if per_call > 1:

@@ -65,7 +65,7 @@ RANDOM_TOKEN_LANGUAGES = ("same", "any")   # data.random_token_language
 
 
 def check_config(config) -> None:
-    """The data.language_id_ranges fields (config.validate calls this): per-language ids split
+    """The data.language_id_ranges fields (data/checks.py calls this): per-language ids split
     model.vocab_size over a tokenizer the run trains itself; the split is checked here when
     data.languages names the languages, else once the corpus is read."""
     d = config.data

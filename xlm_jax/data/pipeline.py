@@ -8,8 +8,9 @@ language (or language pair and source: real or synthetic), block (or pair), dire
 random ops keyed on (s, k) under stream o's keys. So a resumed run sees exactly the batches
 it would have seen, any number of processes dividing S builds the same global batches, each
 process from the shards it read, and adding a stream changes no other stream's rows. The
-stream named "mlm" of kind "blocks" keeps the keys of the MLM-only pipeline (its batches
-are those of earlier runs); every other stream's keys derive from its name.
+stream named "mlm" of kind "blocks" keeps the keys the pipeline had before streams had names,
+so that checkpoints written then resume on the same batches; every other stream's keys derive
+from its name.
 """
 import functools
 import itertools
@@ -131,16 +132,16 @@ class _Tables:
         return token_table, offset_table, tf.constant(first.ravel()), tf.constant(sizes.ravel())
 
 
-def train_batches(data: PretrainData, config, *, start_step: int, streams: list[StreamSpec] | None = None,
+def train_batches(data: PretrainData, config, *, start_step: int, streams: list[StreamSpec],
                   schedule: str = "sum") -> Iterator[dict[str, dict[str, np.ndarray]]]:
     """Infinite batches of this process from step counter start_step on: {stream name: {field:
     this process's rows}} (fields: streams.stream_fields).
 
-    streams defaults to MLM alone, [StreamSpec("mlm", "blocks", train.batch_size)]. schedule
+    `streams` are what the run's objectives read (objectives/registry.streams). schedule
     "sum": every stream every step (InfoXLM); "alternate": only stream c % len(streams) at
     step counter c (XLM). Either way a stream's rows at counter c are the same (module doc).
     """
-    specs = [StreamSpec("mlm", "blocks", config.train.batch_size)] if streams is None else list(streams)
+    specs = list(streams)
     check_streams(specs, data.num_shards, data.num_shards // len(data.shards))
     check_schedule(schedule)
     for spec in specs:

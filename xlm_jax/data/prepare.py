@@ -92,7 +92,7 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     counts, probs = text.sentence_probs()
     # Token counts need the tokenizer: one trained for a "tokens" run samples its training
     # sentences by these sentence-count q_i.
-    tokenizer = processes.first("tokenizer ready", lambda log: _tokenizer(config, workdir, text, probs, log), log)
+    tokenizer = processes.first("tokenizer ready", lambda log: train_or_load_tokenizer(config, workdir, text, probs, log), log)
 
     def pack(lang: str, sentences: list[str]) -> np.ndarray:
         own = tokenizer.for_language(lang)   # its ids, and its own <s> </s> with data.shared_specials=False
@@ -213,7 +213,7 @@ def _global_totals(text: CorpusText, train_blocks, eval_blocks, tokenizer, proce
     return totals
 
 
-def _tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
+def train_or_load_tokenizer(config, workdir, text: CorpusText, probs, log) -> Tokenizer:
     """The run's tokenizer: loaded from the workdir when there (a resume must not retrain, and
     init_from puts the imported model's SentencePiece or WordPiece tokenizer there), else trained."""
     if workdir and tokenizer_path(workdir):

@@ -25,7 +25,7 @@ FIELD = "data.synthetic_pairs"
 
 
 def check_config(data_config, reads_pairs: bool) -> None:
-    """The synthetic-pair fields alone and together (config.validate); `reads_pairs`: some active
+    """The synthetic-pair fields alone and together (data/checks.py); `reads_pairs`: some active
     objective reads the TLM or pair stream."""
     from xlm_jax.data.sources import parse_files_spec
 

@@ -1,28 +1,17 @@
-"""`--mode=train_tokenizer`: train (or load) the run's tokenizer and check no language is starved.
+"""What a tokenizer does to each language: fertility and unknown rates, to see a starved language.
 
-  python -m xlm_jax.main --mode=train_tokenizer --config=configs/demo.py --workdir=runs/demo \
-      --config.data.tokenizer=bpe
-
-Reads the corpus as a training run does, gets the tokenizer as `prepare_data` would (so the
-run that follows loads it), and measures each language on its held-out text (its training
-text when it has none held out): tokens per whitespace word and per character (fertility;
-per character is the fair one for languages written without spaces, e.g. ja), and the
-fractions of tokens that are `<unk>` or SentencePiece byte-fallback pieces (`<0xE2>`). A
-language whose rates stand far above the others' got too small a share of the vocabulary.
-Prints the table and writes it to workdir/tokenizer_report.json. No model, no accelerator.
+Per language, on its held-out text (its training text when it has none held out): tokens per
+whitespace word and per character (fertility; per character is the fair one for languages
+written without spaces, e.g. ja), and the fractions of tokens that are `<unk>` or
+SentencePiece byte-fallback pieces (`<0xE2>`). A language whose rates stand far above the
+others' got too small a share of the vocabulary. `--mode=train_tokenizer`
+(xlm_jax/modes/train_tokenizer.py) prints it and writes it beside the run's tokenizer.
 """
-import json
 import re
-from typing import Callable
 
 import numpy as np
-from etils import epath
 
-from xlm_jax import config as config_lib
-from xlm_jax.data.prepare import _tokenizer
-from xlm_jax.data.text import read_text
 from xlm_jax.data.tokenizers import Tokenizer, tokenizer_kind
-from xlm_jax.workdir import make_workdir
 
 REPORT_FILE = "tokenizer_report.json"
 _BYTE_PIECE = re.compile(r"(?:.+:)?<0x[0-9A-F]{2}>")   # "de:<0xE2>" with data.language_id_ranges
@@ -69,22 +58,3 @@ def tokenizer_report(tokenizer: Tokenizer, text_by_language: dict[str, tuple[str
     language's text encoded as that language's (its own ids, with data.language_id_ranges)."""
     return {lang: {"text": kind, **language_stats(tokenizer.for_language(lang), sentences)}
             for lang, (kind, sentences) in sorted(text_by_language.items())}
-
-
-def train_tokenizer(config, workdir: str, log: Callable[[str], None] = print) -> dict:
-    """The mode: validates the config, trains or loads the workdir's tokenizer, prints and writes the report."""
-    config_lib.validate(config)
-    make_workdir(workdir)
-    corpus = read_text(config, log=log)    # all shards, in this one process
-    text = {}
-    for lang in corpus.languages:
-        held_out = corpus.own_held_out(lang)
-        text[lang] = ("held-out", held_out) if held_out else ("training", corpus.own_train(lang))
-    tokenizer = _tokenizer(config, workdir, corpus, corpus.sentence_probs()[1], log)
-    stats = tokenizer_report(tokenizer, text)
-    log(f"tokenizer: {tokenizer_kind(tokenizer)}, {tokenizer.vocab_size} ids\n" + format_table(stats))
-    path = epath.Path(workdir) / REPORT_FILE
-    path.write_text(json.dumps({"tokenizer": tokenizer_kind(tokenizer), "vocab_size": tokenizer.vocab_size,
-                                "languages": stats}, indent=2, ensure_ascii=False), encoding="utf-8")
-    log(f"report: {path}")
-    return stats

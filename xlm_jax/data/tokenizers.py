@@ -7,6 +7,9 @@ every other SentencePiece id by one and appends `<mask>`: XLM-R's 250,000 pieces
 ids, as the byte-level models of "Measuring Cross-lingual Transfer in Bytes"). mBERT's
 WordPiece lives in wordpiece.py; a run directory holds one of the three files below (with
 data.language_id_ranges, also language_ranges.RANGES_FILE beside it).
+
+Why one file: the three tokenizer kinds share one interface, one file naming scheme in the
+workdir and one load/save pair; split, each would restate the others' contract.
 """
 import io
 import itertools

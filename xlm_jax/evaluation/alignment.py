@@ -36,7 +36,7 @@ import numpy as np
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import plots
 from xlm_jax.evaluation.encoding import make_context
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.parallel_data import ParallelSet, read_parallel_sets
 from xlm_jax.evaluation.retrieval import retrieval_accuracy
 from xlm_jax.evaluation.subjects import load_subject
@@ -89,7 +89,6 @@ def layer_scores(xx_layers, en_layers, fit_count: int) -> dict[str, list[float]]
     return scores
 
 
-@register
 class Alignment(Evaluator):
     kind = "alignment"
 

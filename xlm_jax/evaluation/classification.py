@@ -43,7 +43,7 @@ import numpy as np
 
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import finetune
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.inputs import read_lines
 from xlm_jax.models.task_heads import SequenceClassifier
 
@@ -106,8 +106,8 @@ def read_tfds_pairs(name: str, data_dir: str, limit: int) -> list[tuple[str, str
             for row in tfds.as_numpy(dataset) if 0 <= int(row["label"]) <= 2]
 
 
-@register
 class XNLI(Evaluator):
+    fine_tunes = True
     kind = "xnli"
 
     @classmethod

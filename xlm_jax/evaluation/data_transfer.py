@@ -39,15 +39,12 @@ from xlm_jax.data.examples import pack_stream
 from xlm_jax.data.streams import max_predictions
 from xlm_jax.errors import ConfigError
 from xlm_jax.evaluation import plots
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
+from xlm_jax.evaluation.heldout_mlm import masked_lm_loss_step
 from xlm_jax.evaluation.inputs import read_lines
 from xlm_jax.evaluation.subjects import random_init_params
-from xlm_jax.models.masked_lm import MaskedLM
-from xlm_jax.parallel.mesh import batch_sharding, batch_shards
-from xlm_jax.train.optim import make_optimizer
-from xlm_jax.train.state import state_shardings, train_state_from_params
-from xlm_jax.objectives.registry import build_objectives
-from xlm_jax.train.step import TrainStep, make_eval_step
+from xlm_jax.parallel.mesh import batch_shards
+from xlm_jax.train.builder import build_trainer
 
 MASK_PROB, MASK_TOKEN_PROB, RANDOM_TOKEN_PROB = 0.15, 0.8, 0.1   # BERT / XLM-R
 HELDOUT_MASK_SEED = 20_240_412    # fixed, not subject.seed: every model is scored on the same masks
@@ -119,7 +116,6 @@ def first_bytes(lines: list[str], size: int) -> list[str]:
     return taken
 
 
-@register
 class DataTransfer(Evaluator):
     kind = "data_transfer"
     language_option = "language"
@@ -244,14 +240,10 @@ class _Runner:
 
     def __init__(self, config, subject, inputs, log, name: str):
         self.config, self.subject, self.inputs, self.log, self.name = config, subject, inputs, log, name
-        model, self.optimizer = MaskedLM(config.model), make_optimizer(config.train)
-        self.objectives = build_objectives(config)     # the default: masked LM alone
-        _, self.shardings = state_shardings(model, self.objectives, self.optimizer, config, subject.mesh,
-                                            subject.rules)
-        self.rows = batch_sharding(subject.mesh, subject.rules)
-        self.step = TrainStep(model, self.objectives, self.optimizer, config, subject.mesh, subject.rules,
-                              self.shardings, self.rows)
-        self.eval_step = make_eval_step(model, subject.mesh, subject.rules, self.shardings.params, self.rows)
+        self.trainer = build_trainer(config, subject.mesh, subject.rules)   # the default: masked LM alone
+        self.rows = self.trainer.rows
+        self.eval_step = masked_lm_loss_step(config.model, subject.mesh, subject.rules, self.trainer.shardings.params,
+                                             self.rows)
         self.slots = max_predictions(config.data.seq_len, MASK_PROB)
 
     def blocks(self, lines: list[str]) -> np.ndarray:
@@ -283,12 +275,12 @@ class _Runner:
         """`steps` updates from params on batches of blocks drawn with replacement, masked afresh each
         step; step t's batch depends only on (subject.seed, t), so both runs of a size see the same."""
         t = self.config.train
-        state = train_state_from_params(params, self.optimizer, self.shardings, self.objectives)
+        state = self.trainer.state_from_params(params)
         for step in range(t.num_steps):
             rng = np.random.default_rng([self.subject.seed, step])
             rows = blocks[rng.integers(0, len(blocks), t.batch_size)]
             batch = self._put(mask_blocks(rows, rng, self.subject.tokenizer, self.slots))
-            state, metrics = self.step(state, {"mlm": batch})
+            state, metrics = self.trainer.step(state, {self.trainer.streams[0].name: batch})
             if (step + 1) % max(t.num_steps // 4, 1) == 0:
                 self.log(f"{self.name}: {what}: step {step + 1}/{t.num_steps}, loss {float(metrics['loss']):.3f}")
         return state.params

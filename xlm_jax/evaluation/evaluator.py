@@ -16,7 +16,6 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from xlm_jax.errors import ConfigError
 from xlm_jax.evaluation.languages import LanguageInputs, language_inputs
 
 COMMON_OPTIONS = {
@@ -76,7 +75,7 @@ class EvalContext:
     artifacts_dir: where the evaluator may write its own files (PNG, TSV); None = write nothing.
     work_dir: where a fine-tune keeps resumable checkpoints; None = keep nothing on disk.
     heldout: the run's held-out pretraining batches, where there is a pretraining corpus
-    (xlm_jax.train.heldout), else None.
+    (evaluation/heldout_mlm.HeldoutText), else None.
     """
     subject: Subject
     encode: Callable[..., np.ndarray]
@@ -100,6 +99,7 @@ class Evaluator:
     """
     kind: ClassVar[str] = ""
     language_option: ClassVar[str] = "languages"   # the option that names its languages, for errors
+    fine_tunes: ClassVar[bool] = False             # trains a task head (zero-shot transfer): Model.finetune's kinds
 
     def __init__(self, name: str, options: ml_collections.ConfigDict):
         self.name, self.options = name, options
@@ -122,25 +122,3 @@ class Evaluator:
 
     def evaluate(self, context: EvalContext) -> Result:
         raise NotImplementedError
-
-
-EVALUATORS: dict[str, type[Evaluator]] = {}
-
-
-def register(cls: type[Evaluator]) -> type[Evaluator]:
-    """Class decorator: makes `cls` available as `config.evals.<name>.kind = cls.kind`."""
-    if cls.kind in EVALUATORS:
-        raise ValueError(f"evaluator kind {cls.kind!r} registered twice")
-    EVALUATORS[cls.kind] = cls
-    return cls
-
-
-def evaluator_options(kind: str, **overrides) -> ml_collections.ConfigDict:
-    """A complete options ConfigDict for `kind`: COMMON_OPTIONS, the kind's defaults, overrides."""
-    options = {**COMMON_OPTIONS, **EVALUATORS[kind].defaults(), "kind": kind}
-    unknown = sorted(set(overrides) - set(options))
-    if unknown:
-        raise ConfigError(f"evaluator {kind!r} has no option(s) {', '.join(unknown)}; "
-                          f"its options: {', '.join(sorted(options))}")
-    options.update(overrides)
-    return ml_collections.ConfigDict(options)

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation.encoding import LENGTH_BUCKETS, token_rows
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.inputs import read_lines
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.parallel.mesh import batch_sharding, batch_shards, on_mesh
@@ -114,7 +114,6 @@ class PseudoLikelihood:
         return pll, hits, np.bincount(sentence, minlength=len(rows)).astype(np.float64)
 
 
-@register
 class PseudoPerplexity(Evaluator):
     kind = "pseudo_perplexity"
     language_option = "files"

@@ -1,14 +1,47 @@
-"""Every evaluator kind, and building the configured ones from `config.evals`.
+"""Evaluators by kind, and building the configured ones from `config.evals`.
 
-Importing this module registers all kinds; `build_evaluators` turns the `config.evals`
-entries into Evaluator instances with complete, checked options.
+The same style as the objectives' registry: a dict from name to class, written out here;
+an evaluator defined outside xlm_jax joins it with `register`. `build_evaluators` turns the
+`config.evals` entries into Evaluator instances with complete, checked options: each kind's
+options are checked by the kind (its defaults' types here, `Evaluator.check` on its inputs).
 """
 import ml_collections
 
 from xlm_jax.errors import ConfigError
-from xlm_jax.evaluation import (  # noqa: F401  (each module registers its kinds)
-    alignment, classification, data_transfer, heldout_mlm, perplexity, retrieval, tagging, word_translation)
-from xlm_jax.evaluation.evaluator import COMMON_OPTIONS, EVALUATORS, Evaluator
+from xlm_jax.evaluation.alignment import Alignment
+from xlm_jax.evaluation.classification import XNLI
+from xlm_jax.evaluation.data_transfer import DataTransfer
+from xlm_jax.evaluation.evaluator import COMMON_OPTIONS, Evaluator
+from xlm_jax.evaluation.heldout_mlm import HeldoutMLM
+from xlm_jax.evaluation.perplexity import PseudoPerplexity
+from xlm_jax.evaluation.retrieval import Retrieval
+from xlm_jax.evaluation.tagging import NamedEntities, PartOfSpeech
+from xlm_jax.evaluation.word_translation import WordTranslation
+
+EVALUATORS: dict[str, type[Evaluator]] = {cls.kind: cls for cls in (
+    HeldoutMLM, PseudoPerplexity, Retrieval, WordTranslation, Alignment, XNLI, PartOfSpeech, NamedEntities,
+    DataTransfer)}
+
+
+def register(cls: type[Evaluator]) -> type[Evaluator]:
+    """Adds an evaluator class defined elsewhere as `config.evals.<name>.kind = cls.kind` (usable
+    as a class decorator)."""
+    if cls.kind in EVALUATORS:
+        raise ValueError(f"evaluator kind {cls.kind!r} registered twice")
+    EVALUATORS[cls.kind] = cls
+    return cls
+
+
+def evaluator_options(kind: str, **overrides) -> ml_collections.ConfigDict:
+    """A complete options ConfigDict for `kind`: COMMON_OPTIONS, the kind's defaults, overrides."""
+    options = {**COMMON_OPTIONS, **EVALUATORS[kind].defaults(), "kind": kind}
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:
+        raise ConfigError(f"evaluator {kind!r} has no option(s) {', '.join(unknown)}; "
+                          f"its options: {', '.join(sorted(options))}")
+    options.update(overrides)
+    return ml_collections.ConfigDict(options)
+
 
 
 def _check_type(field: str, value, default) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import plots
 from xlm_jax.evaluation.encoding import POOLINGS, middle_layer, resolve_layers
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.parallel_data import ParallelSet, read_parallel_sets
 
 MODES = ("retrieval", "mining")
@@ -206,7 +206,6 @@ def headline(per_layer: dict, layers: tuple, metric: str, averaged: list[str]) -
     return per_language, summary
 
 
-@register
 class Retrieval(Evaluator):
     """Tatoeba-style retrieval accuracy or BUCC-style mining F1 of pooled sentence vectors."""
     kind = "retrieval"

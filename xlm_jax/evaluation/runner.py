@@ -38,7 +38,7 @@ class EvaluationRunner:
 
     heldout: params -> per-language held-out MLM numbers, where a pretraining corpus exists.
     encoder: a SentenceEncoder of the model's architecture and mesh to reuse (default: a new one).
-    The caller logs the records (train/metrics_log.py: stdout, TensorBoard, metrics.jsonl).
+    The caller logs the records (modes/metrics_log.py: stdout, TensorBoard, metrics.jsonl).
     """
 
     def __init__(self, evaluators: list[Evaluator], workdir: str | None = None, log=print, heldout=None,

@@ -9,8 +9,7 @@ import os
 
 import ml_collections
 
-from xlm_jax.evaluation import registry  # noqa: F401  (registers every kind)
-from xlm_jax.evaluation.evaluator import evaluator_options
+from xlm_jax.evaluation.registry import evaluator_options
 
 DATA = os.environ.get("XLM_JAX_EVAL_DATA", "../shared/data")
 DEMO_TATOEBA = "deu,fra,spa,ita,por,nld,rus,pol,tur,ell,ara,cmn"   # 12 languages the demo corpus has

@@ -37,6 +37,9 @@ Test files: `test` is a comma list of `lang:path`, or a directory whose files ma
 `test_glob` are the test sets, the language being the file name up to its first
 `_`, `-` or `.` (`de_pud-ud-test.tsv` -> de); `languages` keeps some of them. Each
 language's words are tokenized and fed as that language of the run (evaluation/languages.py).
+
+Why one file: POS and NER share everything but their label sets: reading word/tag files,
+aligning words to pieces, training the token classifier and scoring it.
 """
 import collections
 import dataclasses
@@ -51,7 +54,7 @@ from xlm_jax.data.language_ranges import LanguageRangeTokenizer
 from xlm_jax.data.tokenizers import ByteTokenizer
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import finetune
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.inputs import read_lines
 from xlm_jax.models.task_heads import TokenClassifier
 
@@ -244,6 +247,7 @@ def majority_tag(sentences: list[Sentence]) -> str:
 # --- the evaluators -----------------------------------------------------------------------
 class TokenClassification(Evaluator):
     """Fine-tune a token classifier on `train`, score it on each language's test file."""
+    fine_tunes = True
     metric: ClassVar[str] = ""
     task_defaults: ClassVar[dict] = {}
 
@@ -376,7 +380,6 @@ class TokenClassification(Evaluator):
         return finetune.Examples(ids=ids, labels=token_label_ids, language_ids=[language_id] * len(ids))
 
 
-@register
 class PartOfSpeech(TokenClassification):
     kind = "pos"
     metric = "accuracy"
@@ -387,7 +390,6 @@ class PartOfSpeech(TokenClassification):
         return tag_accuracy(gold, predicted)
 
 
-@register
 class NamedEntities(TokenClassification):
     kind = "ner"
     metric = "f1"

@@ -20,7 +20,7 @@ import numpy as np
 
 from xlm_jax.errors import ConfigError, DataError
 from xlm_jax.evaluation import plots
-from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result, register
+from xlm_jax.evaluation.evaluator import EvalContext, Evaluator, Result
 from xlm_jax.evaluation.retrieval import headline, layers_of, parse_layer_spec, retrieval_accuracy
 
 DIRECTIONS = {"acc_xx_to_en": "p1_xx_to_en", "acc_en_to_xx": "p1_en_to_xx"}   # retrieval's names -> ours
@@ -33,7 +33,6 @@ def translation_precision(source: np.ndarray, target: np.ndarray) -> dict[str, f
     return metrics
 
 
-@register
 class WordTranslation(Evaluator):
     """Precision@1 of word i of one language against word i of the other (see the module docstring)."""
     kind = "word_translation"

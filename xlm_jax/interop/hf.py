@@ -10,6 +10,9 @@ PyTorch Linear weights are [out, in]; ours are [in, out] with the attention head
 as separate axes, and per-layer weights are stacked on a leading `layers` axis (the
 encoder runs under nn.scan). Every conversion is a transpose or reshape, so a round
 trip is bit-exact.
+
+Why one file: import and export are the two directions of one name and layout mapping
+between transformers and xlm_jax; kept together, they change together.
 """
 import dataclasses
 import json
@@ -385,19 +388,22 @@ ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "num_heads", "mlp_dim", "voc
                        "type_vocab_size", "pad_token_id", "position_offset", "layer_norm_eps", "pooler")
 
 
-def adopt_hf_model(config, directory: str, workdir: str) -> None:
-    """For `init_from=hf:DIR`: sets the model's architecture fields from DIR's config.json
-    (dtype, remat and dropout stay the run's) and puts DIR's tokenizer in the workdir as the
-    run's. Reads no weights, only their names: a resumed run does not need them."""
-    from xlm_jax.data.tokenizers import save_tokenizer, tokenizer_exists, tokenizer_from_hf_directory
-
+def hf_architecture(directory: str) -> dict:
+    """For `init_from=hf:DIR`: the model's architecture fields from DIR's config.json (dtype,
+    remat and dropout stay the run's). Reads no weights, only their names: a resumed run does
+    not need them."""
     imported = model_config_from_hf(read_hf_config(directory), read_hf_weight_names(directory),
                                     os.path.join(directory, "config.json"))
-    for field in ARCHITECTURE_FIELDS:
-        config.model[field] = imported[field]
+    return {field: imported[field] for field in ARCHITECTURE_FIELDS}
+
+
+def adopt_hf_tokenizer(directory: str, workdir: str, vocab_size: int) -> None:
+    """Puts DIR's tokenizer in the workdir as the run's (once: a resumed run keeps its own)."""
+    from xlm_jax.data.tokenizers import save_tokenizer, tokenizer_exists, tokenizer_from_hf_directory
+
     if not tokenizer_exists(workdir):
         tokenizer = tokenizer_from_hf_directory(directory)
-        if tokenizer.vocab_size != imported.vocab_size:
+        if tokenizer.vocab_size != vocab_size:
             raise CheckpointError(f"{directory}: the tokenizer gives {tokenizer.vocab_size} ids but "
-                                  f"config.json has vocab_size {imported.vocab_size}")
+                                  f"config.json has vocab_size {vocab_size}")
         save_tokenizer(tokenizer, workdir)

@@ -192,7 +192,7 @@ def extension_languages(field: str, corpus_languages) -> list[str]:
 def adopt_vocab_extension(config, source: str, workdir: str, *, resuming: bool, log=print,
                           text: CorpusText | None = None
                           ) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer] | None:
-    """For `init_from=hf:DIR` with `data.extend_vocab_pieces > 0`, after `adopt_hf_model` put
+    """For `init_from=hf:DIR` with `data.extend_vocab_pieces > 0`, after `adopt_hf_tokenizer` put
     DIR's tokenizer in the workdir: (DIR's tokenizer, the run's extended one), and
     `config.model.vocab_size` set to the extended size; None without extension.
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from xlm_jax.errors import ConfigError
+from xlm_jax.models import flops as flops_lib
 from xlm_jax.models.encoder import gelu, param_with_axes
 from xlm_jax.objectives.base import Objective, StepContext
-from xlm_jax.train import metrics as metrics_lib
 
 LAMBDA_SCHEDULES = ("dann", "constant")
 POOLINGS = ("mean", "first")
@@ -63,8 +63,6 @@ class LanguageDiscriminator(nn.Module):
 class LanguageAdversarial(Objective):
     name = "adversarial"
     stream_kind = "blocks"
-    OPTIONS = {"share_batch": True, "layer": 0, "pooling": "mean", "hidden": 0,
-               "lambda_max": 1.0, "lambda_schedule": "dann"}
 
     @classmethod
     def check(cls, config):
@@ -141,7 +139,7 @@ class LanguageAdversarial(Objective):
         head = 6 * self.batch_size * (m.hidden_size * hidden + hidden * len(self.languages))
         if self.batch_name != self.name:    # MLM's forward and backward already count the encoder
             return {self.name: head}
-        return {self.name: head + 3 * metrics_lib.forward_flops_per_token(m, seq) * self.tokens_per_step()}
+        return {self.name: head + 3 * flops_lib.forward_flops_per_token(m, seq) * self.tokens_per_step()}
 
     def tokens_per_step(self):
         return 0 if self.batch_name != self.name else super().tokens_per_step()

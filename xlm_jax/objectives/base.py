@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import jax
 import ml_collections
 
+from xlm_jax.config import default_config
 from xlm_jax.data.streams import StreamSpec
 from xlm_jax.errors import ConfigError
 from xlm_jax.models.masked_lm import MaskedLM, truncated
@@ -61,10 +62,10 @@ class StepContext:
 
 
 class Objective:
-    """Base of every pretraining objective; subclasses set `name`, `stream_kind` and OPTIONS."""
+    """Base of every pretraining objective; subclasses set `name` and `stream_kind`. Its options
+    and their defaults are the config section `<name>` of the schema (xlm_jax/config.py)."""
     name: ClassVar[str]
     stream_kind: ClassVar[str]                    # "blocks", "tlm" or "pairs" (xlm_jax/data/streams.py)
-    OPTIONS: ClassVar[dict] = {}                  # option -> default, besides batch_size
 
     def __init__(self, config, weight: float, languages: list[str] | None):
         self.config, self.weight, self.languages = config, float(weight), languages
@@ -72,7 +73,7 @@ class Objective:
 
     @classmethod
     def defaults(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({"batch_size": 0, **cls.OPTIONS})
+        return ml_collections.ConfigDict(default_config()[cls.name])
 
     @classmethod
     def check(cls, config) -> None:

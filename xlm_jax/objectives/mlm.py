@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import optax
 
 from xlm_jax.data.streams import StreamSpec
+from xlm_jax.models import flops as flops_lib
 from xlm_jax.models.masked_lm import gather_positions
 from xlm_jax.objectives.base import Objective, StepContext
-from xlm_jax.train import metrics as metrics_lib
 
 
 
@@ -53,7 +53,7 @@ class MaskedLanguageModel(Objective):
 
     def flops(self):
         d = self.config.data
-        per_token = 3 * metrics_lib.forward_flops_per_token(self.config.model, d.seq_len, d.mask_prob)
+        per_token = 3 * flops_lib.forward_flops_per_token(self.config.model, d.seq_len, d.mask_prob)
         return {self.name: per_token * self.tokens_per_step()}
 
 
@@ -61,7 +61,6 @@ class TranslationLanguageModel(MaskedLanguageModel):
     """XLM's TLM: masked LM over a translation pair as one sequence (positions: `tlm.positions`)."""
     name = "tlm"
     stream_kind = "tlm"
-    OPTIONS = {"positions": "continuous"}   # "continuous" (InfoXLM) or "reset" (XLM; data/streams.py checks it)
 
     def stream(self):
         return StreamSpec(self.batch_name, self.stream_kind, self.batch_size, positions=self.options.positions)

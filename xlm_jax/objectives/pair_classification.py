@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import optax
 
 from xlm_jax.data.examples import fair_lengths
+from xlm_jax.models import flops as flops_lib
 from xlm_jax.models.encoder import param_with_axes
 from xlm_jax.objectives.base import Objective, StepContext
-from xlm_jax.train import metrics as metrics_lib
 
 
 def join_pair(x, y, pad_id: int):
@@ -80,7 +80,6 @@ class PairClassifierHead(nn.Module):
 class TranslationPairClassification(Objective):
     name = "pair_classification"
     stream_kind = "pairs"
-    OPTIONS = {"negative_fraction": 0.5}
 
     @classmethod
     def check(cls, config):
@@ -122,4 +121,4 @@ class TranslationPairClassification(Objective):
     def flops(self):
         m, seq = self.config.model, self.config.data.seq_len
         head = 6 * self.batch_size * (m.hidden_size * m.hidden_size + 2 * m.hidden_size)
-        return {self.name: 3 * metrics_lib.forward_flops_per_token(m, seq) * self.tokens_per_step() + head}
+        return {self.name: 3 * flops_lib.forward_flops_per_token(m, seq) * self.tokens_per_step() + head}

@@ -1,4 +1,6 @@
-"""Objectives by name: their config defaults and checks, and the active set of a config.
+"""Objectives by name: their checks and the active set of a config (defaults: xlm_jax/config.py).
+
+The same style as the evaluators' registry: a dict from name to class, written out here.
 
 `config.objectives.<name>` is each objective's weight (0 = off); `config.<name>` its options;
 `config.objective_schedule` how they mix: "sum" (InfoXLM: every update sums one batch of
@@ -6,7 +8,6 @@ every active objective) or "alternate" (XLM: update t trains the objectives of b
 t mod K only, K the number of distinct batches).
 """
 import jax
-import ml_collections
 
 from xlm_jax.data.shards import num_shards
 from xlm_jax.data.streams import check_schedule, check_streams
@@ -20,14 +21,6 @@ from xlm_jax.objectives.xlco import CrossLingualContrast
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLanguageModel, TranslationLanguageModel, CrossLingualContrast, LanguageAdversarial,
     TranslationPairClassification)}
-
-
-def add_defaults(config: ml_collections.ConfigDict) -> None:
-    """config.objectives (MLM alone, weight 1), config.<name> for every objective, the schedule."""
-    config.objectives = ml_collections.ConfigDict({name: 1.0 if name == "mlm" else 0.0 for name in OBJECTIVES})
-    for name, cls in OBJECTIVES.items():
-        config[name] = cls.defaults()
-    config.objective_schedule = "sum"
 
 
 def check_objectives(config) -> None:

@@ -38,11 +38,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xlm_jax.models import flops as flops_lib
 from xlm_jax.models.encoder import param_with_axes
 from xlm_jax.models.masked_lm import bottom_layers_params, pool_tokens
 from xlm_jax.objectives.base import Objective, StepContext
 from xlm_jax.objectives.contrastive import collapse_metrics, infonce_terms, ranking_terms, vector_terms
-from xlm_jax.train import metrics as metrics_lib
 
 POOLINGS = {"cls": "first", "mean": "mean"}    # xlco.pooling -> models.masked_lm.pool_tokens
 KEY_ENCODERS = ("momentum", "shared")
@@ -63,9 +63,6 @@ def momentum_update(key_params, query_params, momentum: float):
 class CrossLingualContrast(Objective):
     name = "xlco"
     stream_kind = "pairs"
-    OPTIONS = {"layer": 0, "pooling": "cls", "key_encoder": "momentum", "momentum": 0.9999,
-               "queue_size": 131_072, "temperature": 0.25, "margin": 0.0, "projection": False,
-               "normalize": False, "batch_negatives": False, "collapse_std": 0.05}
 
     @classmethod
     def check(cls, config):
@@ -204,7 +201,7 @@ class CrossLingualContrast(Objective):
     def flops(self):
         m, seq = self.config.model, self.config.data.seq_len
         sentences = 2 * self.batch_size
-        forward = metrics_lib.forward_flops_per_token(m, seq, num_layers=self.depth) * seq * sentences
+        forward = flops_lib.forward_flops_per_token(m, seq, num_layers=self.depth) * seq * sentences
         if self.shared:     # both sides trained; a [B, B] score matrix
             return {self.name: 3 * (forward + 2 * self.batch_size * self.batch_size * m.hidden_size)}
         negatives = self.options.queue_size + (sentences if self.options.batch_negatives else 0)

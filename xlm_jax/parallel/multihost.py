@@ -3,15 +3,13 @@
 Every process runs the same code; these helpers are where they meet. Only process 0
 prints, SIGTERM on any process stops all of them at the same step, each process' rows
 become one global jax.Array, and data preparation gets the collectives it needs
-(`this_process()`) without importing jax itself.
+(`allgather_int64`, `process_zero_first`, handed to it by the run) without importing jax itself.
 """
 import signal
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-
-from xlm_jax.data.text import Processes
 
 
 def log(message: str) -> None:
@@ -64,6 +62,3 @@ def allgather_int64(x) -> np.ndarray:
     x = np.ascontiguousarray(x, np.int64)
     return np.ascontiguousarray(multihost_utils.process_allgather(x.view(np.int32))).view(np.int64)
 
-
-def this_process() -> Processes:
-    return Processes(jax.process_index(), jax.process_count(), allgather_int64, process_zero_first)

@@ -15,12 +15,12 @@ import os
 import jax
 import numpy as np
 
-from xlm_jax.errors import ConfigError
 from xlm_jax.data.streams import batch_spec
+from xlm_jax.errors import ConfigError
+from xlm_jax.models.flops import layer_copies
 from xlm_jax.objectives.registry import streams
 from xlm_jax.parallel.mesh import batch_shards
 from xlm_jax.plan.targets import GiB
-from xlm_jax.train.metrics import layer_copies
 
 # Activations kept per token per layer for the backward pass, in hidden-size (H) and MLP-size
 # (F) units, and attention rows (one per head, S wide); see models/encoder.py.
@@ -83,7 +83,6 @@ def check_fits(config, objectives, abstract_state, shardings, mesh, rules) -> No
     capacity = device_capacity(jax.local_devices())
     if bound["total"] <= capacity:
         return
-    from xlm_jax.plan.plan import advice
     tips = advice(config, {"peak": bound["total"], "capacity": capacity, "arguments": bound["state"],
                            "temporaries": bound["activations"]}, jax.device_count())
     raise ConfigError(
@@ -94,3 +93,27 @@ def check_fits(config, objectives, abstract_state, shardings, mesh, rules) -> No
         f"{jax.devices()[0].device_kind}). Try " + "; or ".join(tips)
         + ". `--mode=plan` compiles the step and gives the exact figure; --config.train.check_memory=False "
         "skips this check")
+
+
+def advice(config, memory: dict, num_devices: int) -> list[str]:
+    """What would bring a step that does not fit under the chip's memory, most effective first."""
+    t, m = config.train, config.model
+    over = memory["peak"] - memory["capacity"]
+    tips = []
+    state = memory["arguments"]
+    if state > memory["capacity"] and config.mesh.rules == "dp":
+        tips.append("--config.mesh.rules=fsdp --config.mesh.data=1 --config.mesh.fsdp=-1 (shard params and "
+                    "optimizer state over the devices instead of replicating them)")
+    if memory["temporaries"] > over:
+        needed = math.ceil(t.grad_accum_steps * memory["temporaries"] / max(memory["temporaries"] - over, 1))
+        micro_sizes = [a for a in range(needed, t.batch_size + 1) if t.batch_size % a == 0]
+        if micro_sizes:
+            tips.append(f"--config.train.grad_accum_steps={micro_sizes[0]} (temporaries scale with the "
+                        f"sequences per microbatch; now {t.grad_accum_steps})")
+    if m.remat != "full":
+        lighter = "dots_with_no_batch_dims_saveable (or full)" if m.remat == "none" else "full"
+        tips.append(f"--config.model.remat={lighter}: keep fewer activations for the backward pass")
+    if config.mesh.rules != "fsdp_tp" and m.num_heads % 2 == 0:
+        tips.append("--config.mesh.rules=fsdp_tp --config.mesh.tensor=2 (split heads, MLP and vocabulary too)")
+    tips.append(f"more devices than {num_devices}, or a chip with more memory")
+    return tips

@@ -17,19 +17,20 @@ instead, with each loop body counted as often as it runs (`hlo.matmul_flops`), b
 import dataclasses
 import json
 import math
-import os
 import re
 import time
 
 import jax
 
-from xlm_jax.config import validate
+from xlm_jax.models import flops as flops_lib
 from xlm_jax.objectives.registry import build_objectives
 from xlm_jax.parallel.mesh import mesh_shape
 from xlm_jax.plan.hlo import collectives_per_step, matmul_flops
-from xlm_jax.plan.targets import Chip, GiB, Target, parse_target
+from xlm_jax.plan.memory import advice, device_capacity
+from xlm_jax.plan.targets import Chip, GiB, Target
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train.aot import train_step_inputs
+from xlm_jax.train.builder import validate
 
 
 @dataclasses.dataclass
@@ -118,7 +119,7 @@ def _memory(analysis, capacity: float) -> dict:
 
 
 def _flops(objectives, lowered) -> dict:
-    """Model FLOPs per step by the formula (train/metrics.py) beside the program's own count."""
+    """Model FLOPs per step by the formula (models/flops.py) beside the program's own count."""
     model_flops = sum(sum(o.flops().values()) for o in objectives)
     return {"model_per_step": model_flops, "program_per_step": matmul_flops(lowered.as_text())}
 
@@ -141,7 +142,7 @@ def _roofline(config, objectives, target: Target, target_mesh: dict, flops: dict
     work = flops.get("program_per_step") or flops["model_per_step"]
     compute_s = work / (n * chip.peak_flops)
     width = {"float32": 4, "bfloat16": 2}[config.model.dtype]
-    weights = metrics_lib.body_params(config.model) * width / target_mesh["tensor"]
+    weights = flops_lib.body_params(config.model) * width / target_mesh["tensor"]
     traffic = (config.train.grad_accum_steps * (3 * weights + 2 * memory["temporaries"])
                + 2 * memory["arguments"])
     hbm_s = traffic / chip.hbm_bandwidth if chip.hbm_bandwidth else None
@@ -156,30 +157,6 @@ def _roofline(config, objectives, target: Target, target_mesh: dict, flops: dict
     return {"compute_s": compute_s, "hbm_s": hbm_s, "interconnect_s": comm_s, "step_s": step_s,
             "bound_by": bound, "tokens_per_s": tokens / step_s,
             "mfu_ceiling": flops["model_per_step"] / (step_s * n * chip.peak_flops)}
-
-
-def advice(config, memory: dict, num_devices: int) -> list[str]:
-    """What would bring a step that does not fit under the chip's memory, most effective first."""
-    t, m = config.train, config.model
-    over = memory["peak"] - memory["capacity"]
-    tips = []
-    state = memory["arguments"]
-    if state > memory["capacity"] and config.mesh.rules == "dp":
-        tips.append("--config.mesh.rules=fsdp --config.mesh.data=1 --config.mesh.fsdp=-1 (shard params and "
-                    "optimizer state over the devices instead of replicating them)")
-    if memory["temporaries"] > over:
-        needed = math.ceil(t.grad_accum_steps * memory["temporaries"] / max(memory["temporaries"] - over, 1))
-        micro_sizes = [a for a in range(needed, t.batch_size + 1) if t.batch_size % a == 0]
-        if micro_sizes:
-            tips.append(f"--config.train.grad_accum_steps={micro_sizes[0]} (temporaries scale with the "
-                        f"sequences per microbatch; now {t.grad_accum_steps})")
-    if m.remat != "full":
-        lighter = "dots_with_no_batch_dims_saveable (or full)" if m.remat == "none" else "full"
-        tips.append(f"--config.model.remat={lighter}: keep fewer activations for the backward pass")
-    if config.mesh.rules != "fsdp_tp" and m.num_heads % 2 == 0:
-        tips.append("--config.mesh.rules=fsdp_tp --config.mesh.tensor=2 (split heads, MLP and vocabulary too)")
-    tips.append(f"more devices than {num_devices}, or a chip with more memory")
-    return tips
 
 
 def format_plan(plan: Plan) -> str:
@@ -230,24 +207,9 @@ def _flop(count: float) -> str:
     return f"{count / 1e6:,.1f} MFLOP"
 
 
-def run_plan(config, workdir: str, log=print) -> Plan:
-    """--mode=plan: plans `config.plan.target` (default: this machine's devices, as a CPU check)
-    and writes <workdir>/plan-<target>.json."""
-    target = parse_target(config.plan.target) if config.plan.target else local_target()
-    plan = plan_target(config, target)
-    log(format_plan(plan))
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, f"plan-{target.name}.json")
-    with open(path, "w") as f:
-        f.write(plan.to_json())
-    log(f"wrote {path}")
-    return plan
-
-
 def local_target() -> Target:
     """This machine's devices as a target: memory is a device's limit (or the RAM CPU devices share),
     peak FLOP/s the measured or published one; bandwidths are unknown, so the roofline is compute's."""
-    from xlm_jax.plan.memory import device_capacity
     peak, _ = metrics_lib.peak_flops()
     chip = Chip(jax.devices()[0].device_kind, jax.default_backend(), device_capacity(jax.local_devices()),
                 peak / jax.local_device_count(), hbm_bandwidth=0.0, link_bandwidth=0.0)

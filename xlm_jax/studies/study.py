@@ -159,8 +159,8 @@ def arm_config(study: Study, arm: Arm, study_dir: str, file: str) -> ml_collecti
     base = arm.base or study.base
     config = config_lib.sibling_config(os.path.join(_configs_dir(file), f"{base}.py"), base)
     config.evals = ml_collections.ConfigDict()
-    from xlm_jax.evaluation.evaluator import evaluator_options
-    from xlm_jax.evaluation import registry  # noqa: F401  (registers every kind)
+    from xlm_jax.evaluation.registry import build_evaluators, evaluator_options   # evaluators bring jax
+    from xlm_jax.train.builder import validate
     for name, options in study.evals.items():
         try:
             config.evals[name] = evaluator_options(**_resolve(options, study_dir))
@@ -172,7 +172,8 @@ def arm_config(study: Study, arm: Arm, study_dir: str, file: str) -> ml_collecti
         config.init_from = (f"hf:{os.path.join(study_dir, arm.start_from, EXPORT_DIR)}"
                             if not arm.start_from.startswith("hf:") else arm.start_from)
     try:
-        config_lib.validate(config)
+        validate(config)               # the engine's sections: schema, data, objectives
+        build_evaluators(config.evals)  # each evaluator's options
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     return config

@@ -1,4 +1,4 @@
-"""The jitted train and eval steps: pure functions of (state, batches).
+"""The jitted train step: a pure function of (state, batches).
 
 Nothing here names an objective: the step sums the weighted losses of whichever objectives
 (xlm_jax/objectives) read the batches it is given, so the "alternate" schedule, which
@@ -10,14 +10,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlm_jax.objectives.base import StepContext
-from xlm_jax.objectives.mlm import mlm_loss_terms
 from xlm_jax.parallel.mesh import on_mesh
 from xlm_jax.train.optim import learning_rate_schedule
 from xlm_jax.train.state import TrainState
-
-
-def _model_kwargs(batch):
-    return {"language_ids": batch["language_ids"]} if "language_ids" in batch else {}
 
 
 def _microbatches(batch, num_micro: int, mesh, rules):
@@ -202,16 +197,3 @@ class TrainStep:
             return new_state, metrics
 
         return step
-
-
-def make_eval_step(model, mesh, rules, params_shardings, batch_sharding):
-    """eval(params, batch) -> loss_sum, correct, count of masked LM over the batch (no dropout)."""
-
-    def evaluate(params, batch):
-        logits = model.apply({"params": params}, batch["input_ids"], batch["masked_positions"],
-                             deterministic=True, **_model_kwargs(batch))
-        return mlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"])
-
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(on_mesh(evaluate, mesh, rules), in_shardings=(params_shardings, batch_sharding),
-                   out_shardings=replicated)

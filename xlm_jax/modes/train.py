@@ -1,11 +1,12 @@
-"""The training loop, top to bottom: data, state, steps, logs, evals, checkpoints.
+"""`--mode=train`: the training loop, top to bottom: data, state, steps, logs, evals, checkpoints.
 
 Every process runs this same loop; only process 0 prints and writes summaries. A run is
 exactly resumable: the state, the data iterator position and all randomness derive from
 the checkpoint and the config seed, so a killed and resumed run reproduces an
-uninterrupted one. What a run needs before its first step is train/run.py; metric
-writing, train/metrics_log.py; what the processes share, parallel/multihost.py; the
-evaluators due at a step, evaluation/runner.py (--mode=evaluate is train/evaluate.py).
+uninterrupted one. What a run needs before its first step is modes/prepare.py (the trainer
+itself, train/builder.py); metric writing, modes/metrics_log.py; what the processes share,
+parallel/multihost.py; the evaluators due at a step, evaluation/runner.py (--mode=evaluate is
+modes/evaluate.py).
 
 With train.steps_per_call = k > 1, each call of the train step runs k updates on k stacked
 batches; logs, evals, checkpoints and preemption happen between calls, at multiples of k
@@ -21,26 +22,30 @@ import numpy as np
 
 from xlm_jax.data.pipeline import train_batches
 from xlm_jax.parallel.multihost import PreemptionFlag, log, to_global
+from xlm_jax.modes.metrics_log import MetricsLog
+from xlm_jax.modes.prepare import Run
 from xlm_jax.train.checkpoints import save_config
-from xlm_jax.train.metrics_log import MetricsLog
-from xlm_jax.train.run import Run
-from xlm_jax.train.step import TrainStep
+
+
+def main(config, workdir: str, flags) -> None:
+    del flags
+    train_and_evaluate(config, workdir)
 
 
 def train_and_evaluate(config, workdir: str) -> list[dict]:
     """Trains to `train.num_steps` (resuming from <workdir>), returns the logged per-step metrics."""
     run = Run(config, workdir)
+    config, trainer = run.config, run.trainer   # the config with its inputs resolved
     state = run.restore_or_init()
     if jax.process_index() == 0:  # only once the checkpoint is known to fit this config
         save_config(workdir, config)
     start_step = int(state.step)
-    train_step = TrainStep(run.model, run.objectives, run.optimizer, config, run.mesh, run.rules,
-                           run.shardings, run.rows_sharding)
-    batches = train_batches(run.data, config, start_step=start_step, streams=run.streams,
+    train_step = trainer.step
+    batches = train_batches(run.data, config, start_step=start_step, streams=trainer.streams,
                             schedule=config.objective_schedule)
-    metrics_log = MetricsLog(workdir, config, config.train.num_steps, run.objectives, run.data.languages,
+    metrics_log = MetricsLog(workdir, config, config.train.num_steps, trainer.objectives, run.data.languages,
                              run.data.probs)
-    flops = ", ".join(f"{part} {value / 1e9:.2f}" for o in run.objectives for part, value in o.flops().items())
+    flops = ", ".join(f"{part} {value / 1e9:.2f}" for o in trainer.objectives for part, value in o.flops().items())
     log(f"MFU counts model GFLOP per step: {flops}; peak {metrics_log.peak_flops / 1e12:.3f} TFLOP/s "
         f"({metrics_log.peak_source})")
     preemption = PreemptionFlag()

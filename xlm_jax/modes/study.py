@@ -13,13 +13,22 @@ results.json and PNG plots (xlm_jax/studies/report.py).
 import json
 import os
 
+from xlm_jax.api import load
+from xlm_jax.modes.evaluate import evaluate_checkpoint
+from xlm_jax.modes.train import train_and_evaluate
 from xlm_jax.parallel.multihost import log
 from xlm_jax.studies import report
 from xlm_jax.studies.study import (EXPORT_DIR, Study, arm_configs, check_evaluator_inputs, load_study,
                                    train_command)
+from xlm_jax.train.checkpoints import Checkpoints
 from xlm_jax.workdir import make_workdir
 
 CURVE_POINTS = 60     # training-loss points kept per arm in results.json
+
+
+def main(config, workdir: str, flags) -> None:
+    del flags
+    run_study(config, workdir)
 
 
 def run_study(study_config, workdir: str) -> dict:
@@ -66,7 +75,6 @@ def _write_commands(workdir: str, study: Study, commands: dict) -> None:
 
 
 def finished_step(arm_dir: str) -> int | None:
-    from xlm_jax.train.checkpoints import Checkpoints
     checkpoints = Checkpoints(arm_dir, 1, async_save=False, read_only=True)
     try:
         return checkpoints.latest_step()
@@ -75,7 +83,6 @@ def finished_step(arm_dir: str) -> int | None:
 
 
 def _train(name: str, config, arm_dir: str) -> None:
-    from xlm_jax.train.loop import train_and_evaluate
     if finished_step(arm_dir) == config.train.num_steps:
         log(f"{name}: trained already ({arm_dir}, step {config.train.num_steps})")
         return
@@ -87,14 +94,12 @@ def _export(arm_dir: str, untrained_config=None) -> None:
     untrained arm hands on the model it starts from."""
     target = os.path.join(arm_dir, EXPORT_DIR)
     if not os.path.exists(os.path.join(target, "config.json")):
-        from xlm_jax.api import load
         load(untrained_config.init_from if untrained_config else arm_dir).export_hf(target)
 
 
 def _evaluate(name: str, config, arm_dir: str, step: int) -> dict:
     """The study's evaluators on the arm's checkpoint `step` (0: the model it starts from), read
     back when all are on disk with the same options."""
-    from xlm_jax.train.evaluate import evaluate_checkpoint
     path = os.path.join(arm_dir, "eval", str(step), "results.json")
     if os.path.exists(path):
         with open(path) as f:

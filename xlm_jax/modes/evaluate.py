@@ -7,7 +7,6 @@ itself is evaluated (step 0), so published models are measured on the same footi
 """
 import os
 
-from xlm_jax import config as config_lib
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
@@ -15,10 +14,14 @@ from xlm_jax.evaluation.subjects import checkpoint_subject, imported_subject
 from xlm_jax.parallel.mesh import make_mesh
 from xlm_jax.parallel.multihost import log
 from xlm_jax.parallel.rules import logical_axis_rules
+from xlm_jax.modes.metrics_log import MetricsLog
+from xlm_jax.modes.prepare import Run, validate
 from xlm_jax.train.checkpoints import Checkpoints, load_config
-from xlm_jax.train.metrics_log import MetricsLog
-from xlm_jax.train.run import Run
 from xlm_jax.workdir import make_workdir
+
+
+def main(config, workdir: str, flags) -> None:
+    evaluate_checkpoint(evaluation_config(config, workdir), workdir, flags.step, flags.evals)
 
 
 def evaluation_config(flag_config, workdir: str):
@@ -40,7 +43,7 @@ def evaluation_config(flag_config, workdir: str):
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, names=None) -> dict:
     """Runs config.evals (or only `names`) on checkpoint `step` (default: the newest readable one)
     of <workdir>, or on config.init_from; writes <workdir>/eval/<step>/ and returns its records."""
-    config_lib.validate(config)
+    validate(config)
     checkpoints = Checkpoints(workdir, config.checkpoint.keep, async_save=False, read_only=True)
     has_checkpoint = checkpoints.latest_step() is not None
     checkpoints.close()
@@ -58,7 +61,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, names=Non
         subject = imported_subject(config.init_from.removeprefix("hf:"), mesh, rules, config.train.seed, log)
     elif needs_corpus:
         run = Run(config, workdir, read_only=True)
-        runner.heldout = run.evaluate
+        runner.heldout = run.heldout
         subject = run.subject(run.restore_or_init(step))
         run.checkpoints.close()
     else:
