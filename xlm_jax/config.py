@@ -360,13 +360,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     require(not (d.whole_word_mask and d.mask_sample_alpha), "data.mask_sample_alpha",
              "frequency-weighted choice cannot be combined with data.whole_word_mask=True; set one of them")
     require(0 < d.character_coverage <= 1, "data.character_coverage", "must be in (0, 1]")
-    require(not d.extend_vocab_pieces or config.init_from, "data.extend_vocab_pieces",
-             f"got {d.extend_vocab_pieces}, but vocabulary extension adds to an imported model's "
-             "vocabulary: set --config.init_from=hf:DIR, or leave extend_vocab_pieces at 0 (a run from "
-             "scratch trains its own tokenizer of model.vocab_size ids on the corpus)")
-    require(not d.extend_vocab_languages or d.extend_vocab_pieces, "data.extend_vocab_languages",
-             f"got {d.extend_vocab_languages!r} with data.extend_vocab_pieces=0: it picks the text the new "
-             "pieces are trained on; set data.extend_vocab_pieces too, or leave it empty")
     for beta in ("b1", "b2"):
         require(isinstance(t[beta], (int, float)) and 0 <= t[beta] < 1, f"train.{beta}",
                  f"got {t[beta]!r}; Adam betas must be in [0, 1)")

@@ -12,6 +12,7 @@ from xlm_jax.data.corpus import load_corpus, plan_corpus, read_shards
 from xlm_jax.data.shards import Part, check_shards, owned_shards, read_lines, row_shard
 from xlm_jax.data.sources import Reader
 from xlm_jax.errors import ConfigError, DataError
+from xlm_jax.modes.prepare import validate
 
 
 @pytest.mark.parametrize("batch,shards,processes", [(8, 8, 1), (8, 8, 2), (8, 4, 4), (16, 4, 2), (32, 8, 8),
@@ -43,9 +44,9 @@ def test_shards_must_divide_the_batch_and_be_a_multiple_of_the_processes():
     with pytest.raises(ConfigError, match=r"`train.batch_size`: 16 is not divisible by the 3 processes"):
         check_shards(_config(16, 0), 3)
     with pytest.raises(ConfigError, match=r"`data.shards`: got 5; .* use one of 1, 2, 4, 8, 16"):
-        config_lib.validate(_config(16, 5))
+        validate(_config(16, 5))
     with pytest.raises(ConfigError, match=r"`data.shards`"):
-        config_lib.validate(_config(16, -2))
+        validate(_config(16, -2))
 
 
 class CountingFile(io.BytesIO):

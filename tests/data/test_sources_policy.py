@@ -11,6 +11,7 @@ from xlm_jax import config as config_lib
 from xlm_jax.data.corpus import load_corpus, read_corpus_dir
 from xlm_jax.data.sources import Reader, parse_files_spec
 from xlm_jax.errors import ConfigError, DataError
+from xlm_jax.modes.prepare import validate
 
 
 def _data_config(**overrides):
@@ -81,7 +82,7 @@ def test_files_spec_errors(spec, message):
     config = config_lib.default_config()
     config.data.files = spec
     with pytest.raises(ConfigError, match=r"data\.files"):
-        config_lib.validate(config)
+        validate(config)
 
 
 def test_files_spec_dict_form():
@@ -93,11 +94,11 @@ def test_config_fields_are_validated():
     config = config_lib.default_config()
     config.data.on_bad_line = "ignore"
     with pytest.raises(ConfigError, match=r"data\.on_bad_line.*error, skip"):
-        config_lib.validate(config)
+        validate(config)
     config = config_lib.default_config()
     config.data.max_line_chars = -1
     with pytest.raises(ConfigError, match=r"data\.max_line_chars"):
-        config_lib.validate(config)
+        validate(config)
 
 
 def _bad_file(tmp_path):

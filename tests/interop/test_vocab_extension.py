@@ -21,6 +21,7 @@ from xlm_jax.interop.vocab import (WORD_START, adopt_vocab_extension, extend_par
                                    new_row_sources)
 from xlm_jax.models.masked_lm import MaskedLM
 from xlm_jax.models.vocab_padding import padded_vocab_size, round_up
+from xlm_jax.modes.prepare import validate
 
 pytest.importorskip("torch")
 HELD_OUT = 300       # last lines of each mono file: never trained on, fertility measured there
@@ -144,9 +145,9 @@ def test_extension_needs_init_from():
     config = config_lib.default_config()
     config.data.extend_vocab_pieces = 100
     with pytest.raises(ConfigError, match=r"data\.extend_vocab_pieces.*init_from"):
-        config_lib.validate(config)
+        validate(config)
     config.init_from = "hf:/somewhere"
-    config_lib.validate(config)
+    validate(config)
 
 
 def test_workdir_tokenizer_is_extended_once_and_must_match_the_run(small_model, shared_data, tmp_path):
@@ -215,7 +216,7 @@ def test_extension_languages_pick_the_text_the_new_pieces_are_trained_on(small_m
         extended("yo,sw")
     config.data.extend_vocab_pieces = 0
     with pytest.raises(ConfigError, match=r"`data.extend_vocab_languages`: got 'yo,sw' with data.extend_vocab_pieces=0"):
-        config_lib.validate(config)
+        validate(config)
 
 
 def test_continued_pretraining_extends_once_and_resumes(shared_data, tmp_path):

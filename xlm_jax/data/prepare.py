@@ -92,7 +92,8 @@ def prepare_data(config, workdir: str | None, log: Callable[[str], None] = print
     counts, probs = text.sentence_probs()
     # Token counts need the tokenizer: one trained for a "tokens" run samples its training
     # sentences by these sentence-count q_i.
-    tokenizer = processes.first("tokenizer ready", lambda log: train_or_load_tokenizer(config, workdir, text, probs, log), log)
+    tokenizer = processes.first("tokenizer ready",
+                                lambda log: train_or_load_tokenizer(config, workdir, text, probs, log), log)
 
     def pack(lang: str, sentences: list[str]) -> np.ndarray:
         own = tokenizer.for_language(lang)   # its ids, and its own <s> </s> with data.shared_specials=False
