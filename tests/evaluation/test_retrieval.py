@@ -1,5 +1,6 @@
 """Retrieval and mining: scoring against hand-computed cases and loop re-implementations,
 the evaluator on real Tatoeba / TSV data, 1 vs 8 devices, and every user-facing error."""
+import os
 import re
 import types
 
@@ -351,3 +352,17 @@ def test_builtin_heldout_errors(data, languages, error, message):
     from xlm_jax.evaluation.parallel_data import read_parallel_sets
     with pytest.raises(error, match=message):
         read_parallel_sets(data, languages)
+
+
+def test_a_missing_tatoeba_directory_is_named_as_missing(tmp_path, monkeypatch):
+    """A run trained elsewhere stores where its evaluation data was; evaluated from another
+    directory, a relative path that points nowhere is named, not miscounted as one input."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^\.\./shared/data/tatoeba: no such directory \(a Tatoeba directory of "
+                                        rf"deu,fra; relative paths are taken from where the command runs, {tmp_path}\)"):
+        make_evaluator(data="../shared/data/tatoeba", languages="deu,fra").check()
+
+
+def test_the_suites_store_their_data_paths_absolute():
+    from xlm_jax.evaluation.suites import demo_suite
+    assert all(os.path.isabs(entry.data) for entry in demo_suite().values() if entry.get("data"))

@@ -27,9 +27,18 @@ from tests.helpers import tiny_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+
+def _installed(module: str) -> bool:
+    """find_spec of a submodule raises where its parent package is absent (no jax_plugins at all)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_libtpu = pytest.mark.skipif(not _installed("libtpu"),
                                   reason="libtpu is not installed (pip install -e \".[plan]\")")
-needs_cuda_plugin = pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+needs_cuda_plugin = pytest.mark.skipif(not _installed("jax_plugins.xla_cuda12"),
                                        reason="jax's CUDA plugin is not installed (pip install -e \".[plan]\")")
 
 

@@ -109,6 +109,11 @@ def test_resume_after_kill_reproduces_uninterrupted_losses(corpus_dir, uninterru
     resumed = run(workdir, corpus_dir)
     assert "resumed from" in resumed.stdout and "/checkpoints/3" in resumed.stdout
     assert losses(workdir) == uninterrupted  # bit-exact on CPU
+    # The killed run's rows of steps 4 and 5, redone by the resumed one, are gone: one row per step.
+    assert "metrics.jsonl: dropped" in resumed.stdout
+    with open(workdir / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert [row["step"] for row in logged if "loss" in row] == list(range(1, 9))
 
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(corpus_dir, uninterrupted, tmp_path):

@@ -1,8 +1,9 @@
 """Evaluator sets for the recipes: a fast one for the demo and an XTREME-like one for XLM-R.
 
 Paths point into the offline evaluation data (`$XLM_JAX_EVAL_DATA`, default
-../shared/data, relative to where the command runs): Tatoeba, XNLI, UD POS, and
-monolingual text. Only `mlm` runs during training; the others run with
+../shared/data, relative to where the command runs, made absolute there, so that a run's
+config.json names the same files wherever it is evaluated from): Tatoeba, XNLI, UD POS,
+and monolingual text. Only `mlm` runs during training; the others run with
 --mode=evaluate (all, or `--evals=tatoeba,xnli`) or set `every_steps` to watch them.
 """
 import os
@@ -11,7 +12,7 @@ import ml_collections
 
 from xlm_jax.evaluation.registry import evaluator_options
 
-DATA = os.environ.get("XLM_JAX_EVAL_DATA", "../shared/data")
+DATA = os.path.abspath(os.environ.get("XLM_JAX_EVAL_DATA", "../shared/data"))
 DEMO_TATOEBA = "deu,fra,spa,ita,por,nld,rus,pol,tur,ell,ara,cmn"   # 12 languages the demo corpus has
 # The built-in corpus's names of the same 12 languages, and English
 DEMO_LANGUAGES = "en,de,fr,es,it,pt,nl,ru,pl,tr,el,ar,zh_CN"

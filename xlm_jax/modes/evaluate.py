@@ -7,6 +7,8 @@ itself is evaluated (step 0), so published models are measured on the same footi
 """
 import os
 
+import jax
+
 from xlm_jax.errors import CheckpointError, ConfigError
 from xlm_jax.evaluation.registry import build_evaluators
 from xlm_jax.evaluation.runner import EvaluationRunner
@@ -17,7 +19,7 @@ from xlm_jax.parallel.rules import logical_axis_rules
 from xlm_jax.modes.metrics_log import MetricsLog
 from xlm_jax.modes.prepare import Run, validate
 from xlm_jax.train.checkpoints import Checkpoints, load_config
-from xlm_jax.workdir import make_workdir
+from xlm_jax.workdir import hold_workdir
 
 
 def main(config, workdir: str, flags) -> None:
@@ -52,23 +54,24 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, names=Non
                               "model with --config.init_from=hf:DIR")
     runner = EvaluationRunner(build_evaluators(config.evals, names), workdir, log)   # inputs checked next
     needs_corpus = [e.name for e in runner.evaluators if getattr(e, "needs_pretraining_corpus", False)]
-    if not has_checkpoint:
-        if needs_corpus:
-            raise ConfigError(f"--evals: {', '.join(needs_corpus)} need(s) a run's pretraining corpus, which an "
-                              "imported model does not have; use kind=\"pseudo_perplexity\" on text files")
-        make_workdir(workdir)
-        mesh, rules = make_mesh(config.mesh), logical_axis_rules(config.mesh.rules)
-        subject = imported_subject(config.init_from.removeprefix("hf:"), mesh, rules, config.train.seed, log)
-    elif needs_corpus:
-        run = Run(config, workdir, read_only=True)
-        runner.heldout = run.heldout
-        subject = run.subject(run.restore_or_init(step))
-        run.checkpoints.close()
-    else:
-        mesh, rules = make_mesh(config.mesh), logical_axis_rules(config.mesh.rules)
-        subject = checkpoint_subject(config, workdir, mesh, rules, step, log)
-    records = runner.run(subject)
-    metrics_log = MetricsLog(workdir, config, config.train.num_steps)
-    metrics_log.log_evals(subject.step, records)
-    metrics_log.close()
+    if not has_checkpoint and needs_corpus:
+        raise ConfigError(f"--evals: {', '.join(needs_corpus)} need(s) a run's pretraining corpus, which an "
+                          "imported model does not have; use kind=\"pseudo_perplexity\" on text files")
+    # A run that is training may be evaluated (committed checkpoints are read); eval/ is this command's.
+    with hold_workdir(os.path.join(workdir, "eval"), "evaluation", primary=jax.process_index() == 0, log=log):
+        if not has_checkpoint:
+            mesh, rules = make_mesh(config.mesh), logical_axis_rules(config.mesh.rules)
+            subject = imported_subject(config.init_from.removeprefix("hf:"), mesh, rules, config.train.seed, log)
+        elif needs_corpus:
+            run = Run(config, workdir, read_only=True)
+            runner.heldout = run.heldout
+            subject = run.subject(run.restore_or_init(step))
+            run.checkpoints.close()
+        else:
+            mesh, rules = make_mesh(config.mesh), logical_axis_rules(config.mesh.rules)
+            subject = checkpoint_subject(config, workdir, mesh, rules, step, log)
+        records = runner.run(subject)
+        metrics_log = MetricsLog(workdir, config, config.train.num_steps)
+        metrics_log.log_evals(subject.step, records)
+        metrics_log.close()
     return records

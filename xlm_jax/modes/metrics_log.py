@@ -17,6 +17,7 @@ from xlm_jax.errors import TrainingError
 from xlm_jax.evaluation.runner import scalar_tags
 from xlm_jax.parallel.multihost import log
 from xlm_jax.train import metrics as metrics_lib
+from xlm_jax.workdir import write_atomically
 
 
 def _updates(last_step: int, num_steps: int, metrics: dict):
@@ -31,12 +32,16 @@ def _updates(last_step: int, num_steps: int, metrics: dict):
 class MetricsLog:
     """Per-step metrics stay on device until a log point, so steps are not serialized."""
 
-    def __init__(self, workdir: str, config, total_steps: int, objectives=(), languages=(), probs=()):
+    def __init__(self, workdir: str, config, total_steps: int, objectives=(), languages=(), probs=(),
+                 resume_step: int | None = None):
+        """`resume_step`: training starts (again) after this step; the rows metrics.jsonl holds of
+        later steps, logged by a run that was killed before its next checkpoint and redone now, are
+        dropped, and the sampling tally carries on from the last row kept."""
         self.pending = []
         self.objectives = list(objectives)
         self._costs = {}   # sorted batch names -> cost()
         self.languages, self.probs = list(languages), np.asarray(probs, np.float64)
-        self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since start
+        self.sampled = np.zeros(len(self.languages), np.int64)   # this process' rows per language since step 0
         self.history = []
         self.total_steps = total_steps
         self.peak_flops, self.peak_source = metrics_lib.peak_flops()
@@ -44,9 +49,33 @@ class MetricsLog:
         self.max_skips = config.train.max_consecutive_skips
         self.skip_streak = 0   # updates skipped in a row, up to the last fetched step
         is_main = jax.process_index() == 0
+        path = os.path.join(workdir, "metrics.jsonl")
+        if is_main and resume_step is not None:
+            self._resume(path, resume_step)
         self.writer = metrics_lib.SummaryWriter(os.path.join(workdir, "tensorboard"), is_main)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self.jsonl = open(path, "a") if is_main else None
         self._new_window()
+
+    def _resume(self, path: str, step: int) -> None:
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = f.readlines()
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:   # a line cut short by the kill: it belonged to no finished step
+                rows.append({"step": step + 1})
+        kept = [line for line, row in zip(lines, rows) if row.get("step", 0) <= step]
+        if len(kept) < len(lines):
+            write_atomically(path, "".join(kept).encode("utf-8"))
+            log(f"metrics.jsonl: dropped {len(lines) - len(kept)} row(s) of the steps after {step}, which this "
+                "run redoes")
+        tallies = [row for row in rows if "sampled" in row and row["step"] <= step]
+        if tallies and list(tallies[-1]["sampled"]) == self.languages:
+            fractions = np.array([tallies[-1]["sampled"][lang] for lang in self.languages])
+            self.sampled = np.rint(fractions * tallies[-1]["sampled_examples"]).astype(np.int64)
 
     def _new_window(self) -> None:
         self.window_start = time.perf_counter()
@@ -81,7 +110,7 @@ class MetricsLog:
                 self.sampled += np.bincount(np.asarray(language).ravel(), minlength=len(self.languages))
 
     def sampled_fractions(self) -> tuple[np.ndarray, int]:
-        """Realized language fractions of all processes' rows since this run (re)started, and their count."""
+        """Realized language fractions of all processes' rows since step 0, and their count."""
         counts = self.sampled
         if jax.process_count() > 1:  # every process logs the same windows, so they all get here
             counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, len(counts)).sum(0)

@@ -13,6 +13,8 @@ results.json and PNG plots (xlm_jax/studies/report.py).
 import json
 import os
 
+import jax
+
 from xlm_jax.api import load
 from xlm_jax.modes.evaluate import evaluate_checkpoint
 from xlm_jax.modes.train import train_and_evaluate
@@ -21,7 +23,7 @@ from xlm_jax.studies import report
 from xlm_jax.studies.study import (EXPORT_DIR, Study, arm_configs, check_evaluator_inputs, load_study,
                                    train_command)
 from xlm_jax.train.checkpoints import Checkpoints
-from xlm_jax.workdir import make_workdir
+from xlm_jax.workdir import hold_workdir
 
 CURVE_POINTS = 60     # training-loss points kept per arm in results.json
 
@@ -36,34 +38,34 @@ def run_study(study_config, workdir: str) -> dict:
     study = load_study(study_config)
     file = study_config.study.file
     configs = arm_configs(study, file, workdir)            # every arm validated before any starts
-    make_workdir(workdir)
-    if study.prepare:
-        study.prepare(workdir)
-    check_evaluator_inputs(study, configs)
-    commands = {arm.name: train_command(file, study.preset, arm, workdir) for arm in study.arms}
-    _write_commands(workdir, study, commands)
-    log(f"study {study.name} ({study.preset}): {len(study.arms)} arms, each an ordinary run; on several hosts "
-        f"run these (an arm with start_from after its source's export), then this command again:\n  "
-        + "\n  ".join(commands.values()))
-    exported = {arm.start_from for arm in study.arms if arm.start_from and not arm.start_from.startswith("hf:")}
-    results = {"study": study.name, "title": study.title, "preset": study.preset, "paper": study.paper,
-               "notes": study.notes, "headline": [list(h) for h in study.headline], "arms": {}}
-    for arm in study.arms:
-        config, arm_dir = configs[arm.name], os.path.join(workdir, arm.name)
-        if arm.train:
-            _train(arm.name, config, arm_dir)
-        if arm.name in exported:
-            _export(arm_dir, config if not arm.train else None)
-        results["arms"][arm.name] = {
-            "description": arm.description, "start_from": arm.start_from, "overrides": arm.overrides,
-            "command": commands[arm.name] if arm.train else "(not trained: evaluated as it starts)",
-            "steps": config.train.num_steps if arm.train else 0,
-            "train_loss": training_curve(arm_dir),
-            "evals": _evaluate(arm.name, config, arm_dir, config.train.num_steps if arm.train else 0)}
-    results["findings"] = [list(f) for f in study.findings(results)] if study.findings else []
-    report.write(study, results, workdir)
-    log(f"study {study.name}: {os.path.join(workdir, 'report.md')}")
-    return results
+    with hold_workdir(workdir, "study", primary=jax.process_index() == 0, log=log):
+        if study.prepare:
+            study.prepare(workdir)
+        check_evaluator_inputs(study, configs)
+        commands = {arm.name: train_command(file, study.preset, arm, workdir) for arm in study.arms}
+        _write_commands(workdir, study, commands)
+        log(f"study {study.name} ({study.preset}): {len(study.arms)} arms, each an ordinary run; on several hosts "
+            f"run these (an arm with start_from after its source's export), then this command again:\n  "
+            + "\n  ".join(commands.values()))
+        exported = {arm.start_from for arm in study.arms if arm.start_from and not arm.start_from.startswith("hf:")}
+        results = {"study": study.name, "title": study.title, "preset": study.preset, "paper": study.paper,
+                   "notes": study.notes, "headline": [list(h) for h in study.headline], "arms": {}}
+        for arm in study.arms:
+            config, arm_dir = configs[arm.name], os.path.join(workdir, arm.name)
+            if arm.train:
+                _train(arm.name, config, arm_dir)
+            if arm.name in exported:
+                _export(arm_dir, config if not arm.train else None)
+            results["arms"][arm.name] = {
+                "description": arm.description, "start_from": arm.start_from, "overrides": arm.overrides,
+                "command": commands[arm.name] if arm.train else "(not trained: evaluated as it starts)",
+                "steps": config.train.num_steps if arm.train else 0,
+                "train_loss": training_curve(arm_dir),
+                "evals": _evaluate(arm.name, config, arm_dir, config.train.num_steps if arm.train else 0)}
+        results["findings"] = [list(f) for f in study.findings(results)] if study.findings else []
+        report.write(study, results, workdir)
+        log(f"study {study.name}: {os.path.join(workdir, 'report.md')}")
+        return results
 
 
 def _write_commands(workdir: str, study: Study, commands: dict) -> None:

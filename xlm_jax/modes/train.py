@@ -25,6 +25,7 @@ from xlm_jax.parallel.multihost import PreemptionFlag, log, to_global
 from xlm_jax.modes.metrics_log import MetricsLog
 from xlm_jax.modes.prepare import Run
 from xlm_jax.train.checkpoints import save_config
+from xlm_jax.workdir import hold_workdir
 
 
 def main(config, workdir: str, flags) -> None:
@@ -33,7 +34,13 @@ def main(config, workdir: str, flags) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> list[dict]:
-    """Trains to `train.num_steps` (resuming from <workdir>), returns the logged per-step metrics."""
+    """Trains to `train.num_steps` (resuming from <workdir>), returns the logged per-step metrics.
+    The workdir is held by this run alone (workdir.WorkdirLock) until it returns."""
+    with hold_workdir(workdir, "training", primary=jax.process_index() == 0, log=log):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> list[dict]:
     run = Run(config, workdir)
     config, trainer = run.config, run.trainer   # the config with its inputs resolved
     state = run.restore_or_init()
@@ -44,7 +51,7 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
     batches = train_batches(run.data, config, start_step=start_step, streams=trainer.streams,
                             schedule=config.objective_schedule)
     metrics_log = MetricsLog(workdir, config, config.train.num_steps, trainer.objectives, run.data.languages,
-                             run.data.probs)
+                             run.data.probs, resume_step=start_step)
     flops = ", ".join(f"{part} {value / 1e9:.2f}" for o in trainer.objectives for part, value in o.flops().items())
     log(f"MFU counts model GFLOP per step: {flops}; peak {metrics_log.peak_flops / 1e12:.3f} TFLOP/s "
         f"({metrics_log.peak_source})")
