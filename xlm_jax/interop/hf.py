@@ -90,7 +90,29 @@ def _weights_file(directory: str) -> str:
 
 def _torch_state_dict(path: str) -> dict:
     torch = require("torch", f"reading {path} (or convert it to model.safetensors)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"{path}: refused to unpickle it: it holds objects other than tensors, which a pickle would "
+            f"run as code, and nothing of it was executed (torch.load with weights_only=True: {reason}); "
+            "use a model.safetensors of the model, or convert this file where you trust its source") from None
+    except (RuntimeError, EOFError) as error:   # torch's "failed finding central directory", a cut file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(error).split())[:200]}); "
+                              "copy it again from the model's source") from None
+
+
+def _safetensors(path: str, read):
+    """read(path) with a truncated or corrupt file named in one line."""
+    from safetensors import SafetensorError
+    try:
+        return read(path)
+    except SafetensorError as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error}; {os.path.getsize(path):,} "
+                              "bytes): the file is cut short or damaged; copy it again from the model's "
+                              "source") from None
 
 
 def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
@@ -98,7 +120,7 @@ def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
     path = _weights_file(directory)
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
-        weights = load_file(path)
+        weights = _safetensors(path, load_file)
     else:
         weights = {k: v.float().numpy() for k, v in _torch_state_dict(path).items()}
     return {k: np.asarray(v, np.float32) for k, v in weights.items()}
@@ -109,8 +131,12 @@ def read_hf_weight_names(directory: str) -> set[str]:
     path = _weights_file(directory)
     if path.endswith(".safetensors"):
         from safetensors import safe_open
-        with safe_open(path, "np") as f:
-            return set(f.keys())
+
+        def names(file):
+            with safe_open(file, "np") as f:
+                return set(f.keys())
+
+        return _safetensors(path, names)
     return set(_torch_state_dict(path))
 
 

@@ -11,7 +11,12 @@ A checkpoint can be damaged after orbax finished it (a disk filled up, a file tr
 or emptied by a copy, a file deleted by hand). Restoring the latest one then falls back
 to the newest readable one and says which was skipped and why.
 """
+import contextlib
+import errno
+import logging
 import os
+import shutil
+import sys
 
 import flax
 import jax
@@ -44,6 +49,93 @@ def why_unreadable(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:240]}" + ("..." if len(text) > 240 else "")
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "RESOURCE_EXHAUSTED")
+_NO_PERMISSION_TEXT = ("Permission denied", "PERMISSION_DENIED")
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**28 else f"{size / 2**20:.1f} MiB"
+
+
+def _write_failure_kind(error: BaseException) -> str | None:
+    """"full" (no space, a quota), "refused" (permission) or None, anywhere in the error's chain."""
+    chain = list(_chain(error))
+    texts = " ".join(str(e) for e in chain)
+    if any(isinstance(e, OSError) and e.errno in _NO_SPACE for e in chain) or any(t in texts for t in _NO_SPACE_TEXT):
+        return "full"
+    if any(isinstance(e, PermissionError) for e in chain) or any(t in texts for t in _NO_PERMISSION_TEXT):
+        return "refused"
+    return None
+
+
+class _QuietWriteFailures(logging.Filter):
+    """Orbax's save threads log a full disk or a refused write with a traceback each (three or
+    more), and asyncio reports each of its failed write tasks at exit, before and after the error
+    reaches Checkpoints, which raises it as one line naming the step: those records are dropped,
+    every other one passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        from_orbax = "orbax" in record.pathname or "orbax" in str(record.msg)
+        return not (from_orbax and error is not None and _write_failure_kind(error))
+
+
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_QuietWriteFailures())
+
+
+def _quiet_abandoned_writes(previous=sys.unraisablehook):
+    """When a save fails, orbax gives up on the event loop its writes run in while tensorstore
+    still finishes some of them; each of those calls back into the closed loop and prints
+    "Event loop is closed" (through sys.unraisablehook) while training goes on, before the failure
+    reaches Checkpoints as one line. Those, and only those, are dropped."""
+
+    def hook(unraisable):
+        kind, value, traceback = unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+        last = traceback
+        while last is not None and last.tb_next is not None:
+            last = last.tb_next
+        abandoned = (kind is RuntimeError and str(value) == "Event loop is closed" and last is not None
+                     and "asyncio" in last.tb_frame.f_code.co_filename)
+        if not abandoned:
+            previous(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _quiet_abandoned_writes()
+
+
+def write_failure(error: BaseException, what: str, directory: str, needed: int | None) -> CheckpointError | None:
+    """A CheckpointError in one line when `error` is a full disk, a quota or a permission refused
+    while writing `what` under `directory`; None for any other error."""
+    kind = _write_failure_kind(error)
+    if kind is None:
+        return None
+    full = kind == "full"
+    existing = directory
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if full:
+        free = shutil.disk_usage(existing).free if existing else 0
+        need = f"; it needs about {_gib(needed)}" if needed else ""
+        return CheckpointError(f"{what} could not be written: no space left in {directory} ({_gib(free)} free{need}); "
+                               "the checkpoints before it are intact: free some space (or move the run) and start "
+                               "the same command again, it resumes from the last of them")
+    return CheckpointError(f"{what} could not be written: permission denied in {directory} ({why_unreadable(error)}); "
+                           "the checkpoints before it are intact: fix the directory's permissions and start the same "
+                           "command again, it resumes from the last of them")
+
+
 class Checkpoints:
     """Saves and restores (TrainState, data-iterator state) under <workdir>/checkpoints.
 
@@ -63,6 +155,7 @@ class Checkpoints:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": ocp.JsonCheckpointHandler()})
         self._partial_reader = None   # reads a part of the state (restore(params_only=True))
+        self._saving = (None, None)   # (step, bytes) of the latest save started
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -71,10 +164,29 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state, data_state: dict) -> None:
-        """Starts an async save; arrays are copied off the devices before this returns."""
+        """Starts an async save; arrays are copied off the devices before this returns. A full disk
+        or a refused write, here or when an earlier async save finishes, is a one-line
+        CheckpointError; orbax writes each step to a temporary directory first, so the
+        checkpoints before it stay whole."""
         assert not self._read_only, "a read-only Checkpoints never saves"
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        with self._writing():   # the previous save, finished first (as orbax would): a failure there is its own
+            self._manager.wait_until_finished()
+        self._saving = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+        with self._writing():
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except Exception as error:
+            step, needed = self._saving
+            what = f"checkpoint {self.directory}" + (f"/{step}" if step is not None else "")
+            failure = write_failure(error, what, self.directory, needed)
+            if failure is None:
+                raise
+            raise failure from None
 
     def restore(self, abstract_state, step: int | None = None, log=print, params_only: bool = False):
         """(state, data-iterator state) of checkpoint `step`, or of the newest readable one.
@@ -203,10 +315,12 @@ class Checkpoints:
                                       f"shape {have[path]}, this model expects {want[path]}: {hint}")
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        with self._writing():
+            self._manager.wait_until_finished()
         self._manager.close()
         if self._partial_reader is not None:
             self._partial_reader.close()
