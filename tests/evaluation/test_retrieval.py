@@ -358,8 +358,9 @@ def test_a_missing_tatoeba_directory_is_named_as_missing(tmp_path, monkeypatch):
     """A run trained elsewhere stores where its evaluation data was; evaluated from another
     directory, a relative path that points nowhere is named, not miscounted as one input."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match=r"^\.\./shared/data/tatoeba: no such directory \(a Tatoeba directory of "
-                                        rf"deu,fra; relative paths are taken from where the command runs, {tmp_path}\)"):
+    with pytest.raises(DataError, match=r"^\.\./shared/data/tatoeba: not found \(a Tatoeba directory of deu,fra, a "
+                                        r"\.tsv file or a file pair 'a\.de\|b\.en'; relative paths are taken from where "
+                                        rf"the command runs, {tmp_path}\)"):
         make_evaluator(data="../shared/data/tatoeba", languages="deu,fra").check()
 
 

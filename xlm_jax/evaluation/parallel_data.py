@@ -135,8 +135,9 @@ def read_parallel_sets(data: str, languages: str) -> list[ParallelSet]:
         return read_tatoeba(entries[0], names)
     if len(entries) == 1 and not os.path.exists(entries[0]) and "|" not in entries[0] \
             and not entries[0].endswith(".tsv"):
-        raise DataError(f"{entries[0]}: no such directory (a Tatoeba directory{' of ' + languages if languages else ''}"
-                        f"; relative paths are taken from where the command runs, {os.getcwd()})")
+        raise DataError(f"{entries[0]}: not found (a Tatoeba directory{' of ' + languages if languages else ''}, a .tsv "
+                        f"file or a file pair 'a.de|b.en'; relative paths are taken from where the command runs, "
+                        f"{os.getcwd()})")
     if names and len(names) != len(entries):
         raise ConfigError(f"{len(names)} language pair(s) named for {len(entries)} input(s): name one "
                           "src-tgt pair per input, or none")
