@@ -78,7 +78,9 @@ def test_reads_conll_columns_with_the_word_first_and_the_tag_last(tmp_path):
     ("b.conllu", "# c\n1\tThe\tthe\tDET\t_\t_\t0\n", r"b.conllu:2: a CoNLL-U word line has 10 tab-separated"),
     ("c.conllu", "# only a comment\n\n", r"c.conllu: no tagged words"),
     ("d.tsv", "", r"d.tsv: tagged file is empty"),
-], ids=["one-column", "conllu-columns", "no-words", "empty"])
+    ("e.tsv", "The\tDET\ncat\tNOUN\tcols\tx\n", r"e.tsv:2: 4 tab-separated columns, but a `word<TAB>tag` row has 2 "
+                                                  r"\(the tag would be 'x'; CoNLL-2003's columns are separated by spaces\)"),
+], ids=["one-column", "conllu-columns", "no-words", "empty", "extra-columns"])
 def test_reader_errors_name_the_file_and_line(tmp_path, name, text, message):
     (tmp_path / name).write_text(text, encoding="utf-8")
     with pytest.raises(DataError, match=message):

@@ -29,9 +29,9 @@ seeing any of their labels (UD PUD: the same 1000 sentences in each language).
   set, the majority tag, the training accuracy over first subwords (up to 1000 training
   examples), the loss curve and the number of training examples (chunks).
 
-Readers: `word<TAB>tag` files (or whitespace-separated columns, word first and tag
-last, as CoNLL-2003; `-DOCSTART-` lines are skipped) with a blank line after each
-sentence, and UD `.conllu` (FORM and UPOS columns; comments, multiword ranges `1-2`
+Readers: `word<TAB>tag` files (exactly two tab-separated columns), or space-separated
+columns, word first and tag last, as CoNLL-2003 (`-DOCSTART-` lines are skipped), with a
+blank line after each sentence, and UD `.conllu` (FORM and UPOS columns; comments, multiword ranges `1-2`
 and empty nodes `8.1` skipped, so the syntactic words are tagged as in XTREME).
 Test files: `test` is a comma list of `lang:path`, or a directory whose files matching
 `test_glob` are the test sets, the language being the file name up to its first
@@ -99,12 +99,17 @@ def _column_sentences(path: str, lines: list[str]) -> list[Sentence]:
             if not line.strip():
                 yield None
                 continue
-            fields = line.split("\t") if "\t" in line else line.split()
+            tabbed = "\t" in line
+            fields = line.split("\t") if tabbed else line.split()
             if fields[0] == "-DOCSTART-":
                 continue
             if len(fields) < 2 or not fields[0] or not fields[-1].strip():
                 raise DataError(f"{path}:{number}: expected `word<TAB>tag` (or columns with the word first "
                                 f"and the tag last), got {line[:80]!r}")
+            if tabbed and len(fields) != 2:   # its last column would be read as a tag of its own
+                raise DataError(f"{path}:{number}: {len(fields)} tab-separated columns, but a `word<TAB>tag` row "
+                                f"has 2 (the tag would be {fields[-1].strip()[:40]!r}; CoNLL-2003's columns are "
+                                f"separated by spaces), got {line[:80]!r}")
             yield number, fields[0], fields[-1].strip()
     return _sentences_of(rows())
 
