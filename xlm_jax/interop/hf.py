@@ -17,6 +17,7 @@ between transformers and xlm_jax; kept together, they change together.
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from typing import Callable
@@ -90,7 +91,6 @@ def _weights_file(directory: str) -> str:
 
 def _torch_state_dict(path: str) -> dict:
     torch = require("torch", f"reading {path} (or convert it to model.safetensors)")
-    import pickle
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

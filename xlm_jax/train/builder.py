@@ -14,7 +14,7 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from xlm_jax import config as config_lib
+from xlm_jax.config import validate as validate_fields
 from xlm_jax.data.checks import check_data
 from xlm_jax.data.streams import PAIR_KINDS, StreamSpec, batch_spec
 from xlm_jax.errors import ConfigError
@@ -74,7 +74,7 @@ def validate(config):
     """The config as the engine reads it: the schema's checks, then the data section's and each
     active objective's, by their own code; a ConfigError names the first bad field. (The
     evaluators and a plan target are checked above the engine: xlm_jax/modes/prepare.validate.)"""
-    config_lib.validate(config)
+    validate_fields(config)
     check_objectives(config)
     check_data(config, reads_pairs=any(spec.kind in PAIR_KINDS for spec in streams(build_objectives(config))))
     return config

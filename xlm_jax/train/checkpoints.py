@@ -13,6 +13,7 @@ to the newest readable one and says which was skipped and why.
 """
 import contextlib
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -89,11 +90,7 @@ class _QuietWriteFailures(logging.Filter):
         return not (from_orbax and error is not None and _write_failure_kind(error))
 
 
-for _logger in ("absl", "asyncio"):
-    logging.getLogger(_logger).addFilter(_QuietWriteFailures())
-
-
-def _quiet_abandoned_writes(previous=sys.unraisablehook):
+def _quiet_abandoned_writes(previous):
     """When a save fails, orbax gives up on the event loop its writes run in while tensorstore
     still finishes some of them; each of those calls back into the closed loop and prints
     "Event loop is closed" (through sys.unraisablehook) while training goes on, before the failure
@@ -112,7 +109,12 @@ def _quiet_abandoned_writes(previous=sys.unraisablehook):
     return hook
 
 
-sys.unraisablehook = _quiet_abandoned_writes()
+@functools.cache
+def _quiet_orbax_write_failures() -> None:
+    """Installs the two filters above, once per process, where checkpoints are written."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_QuietWriteFailures())
+    sys.unraisablehook = _quiet_abandoned_writes(sys.unraisablehook)
 
 
 def write_failure(error: BaseException, what: str, directory: str, needed: int | None) -> CheckpointError | None:
@@ -156,6 +158,8 @@ class Checkpoints:
                            "data": ocp.JsonCheckpointHandler()})
         self._partial_reader = None   # reads a part of the state (restore(params_only=True))
         self._saving = (None, None)   # (step, bytes) of the latest save started
+        if not read_only:
+            _quiet_orbax_write_failures()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
